@@ -1,0 +1,14 @@
+// Every schema of the recsys op library, in one place. Kernels register per backend in their own files
+// (TORCH_LIBRARY_IMPL); fake tensors and autograd are registered from Python (recsys_kernels/ops).
+#include <torch/library.h>
+
+TORCH_LIBRARY(recsys, m) {
+  m.set_python_module("recsys_kernels.ops");
+
+  // DLRM dot interaction: dense (B, D), sparse (B, F, D) -> (B, D + P [+ pad]).
+  m.def("dot_interaction(Tensor dense, Tensor sparse, bool self_interaction=False, str layout=\"lower\", "
+        "int pad_to_multiple=1) -> Tensor");
+  // -> (grad_dense (B, D), grad_sparse (B, F, D)); columns of grad_output past D + P (padding) are ignored.
+  m.def("dot_interaction_backward(Tensor grad_output, Tensor dense, Tensor sparse, bool self_interaction, "
+        "str layout) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,9 @@
+"""The public functional ops: one module per op, each with its shape docstring and dispatch.
+
+Importing this package registers the fake-tensor and autograd rules of the C++-defined ops
+(torch.ops.recsys.*); the Triton ops register when first chosen.
+"""
+
+from recsys_kernels.ops.dot_interaction import dot_interaction
+
+__all__ = ["dot_interaction"]

@@ -1,0 +1,1 @@
+"""Hypothesis strategies and helpers shared by the tests."""
