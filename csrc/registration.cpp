@@ -1,9 +1,9 @@
 // Every schema of the recsys op library, in one place. Kernels register per backend in their own files
-// (TORCH_LIBRARY_IMPL); fake tensors and autograd are registered from Python (recsys_kernels/ops).
+// (TORCH_LIBRARY_IMPL); fake tensors and autograd are registered from Python, each in its op's module
+// under recsys_kernels/ops (so no set_python_module: that names a single module for the whole library).
 #include <torch/library.h>
 
 TORCH_LIBRARY(recsys, m) {
-  m.set_python_module("recsys_kernels.ops");
 
   // DLRM dot interaction: dense (B, D), sparse (B, F, D) -> (B, D + P [+ pad]).
   m.def("dot_interaction(Tensor dense, Tensor sparse, bool self_interaction=False, str layout=\"lower\", "

@@ -69,11 +69,19 @@ def use_backend(name: str | None) -> Iterator[None]:
         _override = previous
 
 
+def _constant_under_compile(fn):
+    """What torch.compiler.assume_constant_result does (Dynamo calls ``fn`` at trace time and bakes in its
+    result), without importing torch._dynamo here: that import pulls in Triton, and this module must stay
+    lean at import."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def _interpreting_triton() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def _has_cpp_kernel(op: str, dispatch_key: str) -> bool:
     return EXTENSION_LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"recsys::{op}", dispatch_key)
 
@@ -81,7 +89,7 @@ def _has_cpp_kernel(op: str, dispatch_key: str) -> bool:
 _warned_no_cuda_kernel: set[str] = set()
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def _triton_ready(op: str) -> bool:
     """Triton is installed; importing the op's Triton module registers its ops (no compilation happens)."""
     if importlib.util.find_spec("triton") is None:
@@ -121,12 +129,13 @@ def choose(op: str, device: torch.device) -> str:
     return "reference"
 
 
-@torch.compiler.disable
-def _warn_no_cuda_kernel(op: str) -> None:
+@_constant_under_compile
+def _warn_no_cuda_kernel(op: str) -> bool:
     if op not in _warned_no_cuda_kernel:
         _warned_no_cuda_kernel.add(op)
         warnings.warn(f"recsys op {op!r} has no compiled CUDA kernel (built with RECSYS_KERNELS_CUDA=0 or "
                       "without nvcc); using Triton or the reference", RuntimeWarning, stacklevel=4)
+    return True
 
 
 def live_backends(op: str, device_type: str) -> list[str]:
@@ -152,7 +161,7 @@ def capabilities() -> dict[str, dict[str, bool]]:
 _hpu_registered = False
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def _register_hpu_kernels() -> bool:
     """Gaudi: once habana_frameworks.torch has been imported by the user, the references become the HPU
     kernels of the registered ops, so torch.ops.recsys.* calls on HPU tensors stay plain aten graphs."""

@@ -54,7 +54,7 @@ def _dot(a, b, acc):
 
 
 @triton.jit
-def _load_t_tile(dense_row, sparse_row, rows, ks, n, D, s_dk, s_sf, s_sk):
+def _load_t_tile(dense_row, sparse_row, rows, ks, n, D, s_dk, s_sf, s_sk, UPCAST: tl.constexpr):
     """(BLOCK_N, BLOCK_K) tile of T = [dense; sparse] for one sample, zero outside (n, D)."""
     kmask = ks < D
     sp = tl.load(
@@ -63,7 +63,10 @@ def _load_t_tile(dense_row, sparse_row, rows, ks, n, D, s_dk, s_sf, s_sk):
         other=0.0,
     )
     dn = tl.load(dense_row + ks * s_dk, mask=kmask, other=0.0)
-    return tl.where(rows[:, None] == 0, dn[None, :], sp)
+    t = tl.where(rows[:, None] == 0, dn[None, :], sp)
+    if UPCAST:
+        t = t.to(tl.float32)
+    return t
 
 
 @triton.jit
@@ -86,7 +89,7 @@ def _dot_interaction_fwd_kernel(
     dense_ptr, sparse_ptr, out_ptr,
     n, D, P, out_cols,
     s_db, s_dk, s_sb, s_sf, s_sk, s_ob,
-    SELF: tl.constexpr, UPPER: tl.constexpr,
+    SELF: tl.constexpr, UPPER: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAD_BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -120,8 +123,8 @@ def _dot_interaction_fwd_kernel(
             acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, D, BLOCK_K):
                 ks = k0 + ar_k
-                ta = _load_t_tile(dense_row, sparse_row, a, ks, n, D, s_dk, s_sf, s_sk)
-                tc = _load_t_tile(dense_row, sparse_row, c, ks, n, D, s_dk, s_sf, s_sk)
+                ta = _load_t_tile(dense_row, sparse_row, a, ks, n, D, s_dk, s_sf, s_sk, UPCAST)
+                tc = _load_t_tile(dense_row, sparse_row, c, ks, n, D, s_dk, s_sf, s_sk, UPCAST)
                 acc = _dot(ta, tl.trans(tc), acc)
             aa = a[:, None]
             cc = c[None, :]
@@ -152,7 +155,7 @@ def _dot_interaction_bwd_kernel(
     grad_out_ptr, dense_ptr, sparse_ptr, grad_dense_ptr, grad_sparse_ptr,
     n, D,
     s_gb, s_gk, s_db, s_dk, s_sb, s_sf, s_sk, s_gdb, s_gsb, s_gsf,
-    SELF: tl.constexpr, UPPER: tl.constexpr,
+    SELF: tl.constexpr, UPPER: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -184,10 +187,12 @@ def _dot_interaction_bwd_kernel(
                 if not SELF:
                     valid = valid & (aa != cc)
                 g = tl.load(go_pairs + idx * s_gk, mask=valid, other=0.0)
+                if UPCAST:
+                    g = g.to(tl.float32)
                 if SELF:
                     # d(T_a . T_a)/dT_a = 2 T_a; doubling is exact in every float dtype.
-                    g = tl.where(aa == cc, g * 2, g)
-                tc = _load_t_tile(dense_row, sparse_row, c, ks, n, D, s_dk, s_sf, s_sk)
+                    g = tl.where(aa == cc, g + g, g)
+                tc = _load_t_tile(dense_row, sparse_row, c, ks, n, D, s_dk, s_sf, s_sk, UPCAST)
                 acc = _dot(g, tc, acc)
             # Row 0 of grad_T belongs to dense, which also passes grad_output[:, :D] through.
             gdn = tl.load(go_row + ks * s_gk, mask=kmask, other=0.0).to(tl.float32)
@@ -230,10 +235,20 @@ def _backward_config(n: int, D: int, dtype: torch.dtype) -> tuple[int, int, int]
     return block_n, block_k, num_warps
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    # Triton's CPU interpreter keeps bf16 as raw uint16 and its tl.dot / arithmetic act on the bit
+    # patterns, so there bf16 tiles are widened to fp32 right after loading (exact: bf16 products
+    # are exact in fp32 and accumulation is fp32 either way). Never taken on a GPU.
+    return dtype == torch.bfloat16 and _interpreting()
+
+
 def _check_device(dense: torch.Tensor) -> None:
     # Triton runs on CUDA devices, or anywhere under its CPU interpreter (tests).
-    interpreting = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-    if dense.device.type not in ("cuda", "meta") and not interpreting:
+    if dense.device.type not in ("cuda", "meta") and not _interpreting():
         raise ValueError(
             f"dense: the Triton dot_interaction kernel needs CUDA tensors, got device {dense.device}"
         )
@@ -270,7 +285,7 @@ def dot_interaction_triton(
         dense.stride(0), dense.stride(1),
         sparse.stride(0), sparse.stride(1), sparse.stride(2),
         out.stride(0),
-        SELF=self_interaction, UPPER=(layout == "upper"),
+        SELF=self_interaction, UPPER=(layout == "upper"), UPCAST=_upcast(dense.dtype),
         BLOCK_N=block_n, BLOCK_K=block_k, PAD_BLOCK=_PAD_BLOCK,
         num_warps=num_warps,
     )
@@ -306,7 +321,7 @@ def dot_interaction_triton_backward(
         dense.stride(0), dense.stride(1),
         sparse.stride(0), sparse.stride(1), sparse.stride(2),
         grad_dense.stride(0), grad_sparse.stride(0), grad_sparse.stride(1),
-        SELF=self_interaction, UPPER=(layout == "upper"),
+        SELF=self_interaction, UPPER=(layout == "upper"), UPCAST=_upcast(dense.dtype),
         BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=num_warps,
     )
