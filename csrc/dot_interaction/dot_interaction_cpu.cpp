@@ -1,12 +1,11 @@
 // DLRM dot interaction, CPU kernel: parallel over the batch.
 //
 // Per sample, T = [dense; sparse] (n x D) is converted once to a float32 (float64 for double) scratch
-// block that stays in L1/L2, then only the kept triangle of T Tᵀ is computed with vectorised dot products
-// (half the FLOPs of a full bmm) and written straight into the output row. The backward forms
-// grad_T = G T from the symmetric pair-gradient matrix G the same way.
+// block that stays in L1/L2, then only the lower triangle of T Tᵀ is computed, in 4x4 register blocks
+// (about half the FLOPs of a full bmm), and scattered into the output row in the requested layout.
+// The backward builds the symmetric pair-gradient matrix G and forms grad_T = G T.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -17,31 +16,77 @@
 namespace recsys {
 namespace {
 
-template <typename acc_t>
-acc_t dot(const acc_t* a, const acc_t* b, int64_t D) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
-  Vec s0(0), s1(0);
-  int64_t d = 0;
-  for (; d + 2 * W <= D; d += 2 * W) {
-    s0 = at::vec::fmadd(Vec::loadu(a + d), Vec::loadu(b + d), s0);
-    s1 = at::vec::fmadd(Vec::loadu(a + d + W), Vec::loadu(b + d + W), s1);
+// The hot loops are plain C++ that GCC/Clang vectorise; target_clones builds them for AVX-512, AVX2+FMA
+// and baseline x86-64 and picks one at load time, since the extension itself is built for baseline x86-64.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RECSYS_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define RECSYS_CPU_CLONES
+#endif
+
+// s[r * n + c] = t_r . t_c for c <= r, t (n, D) row-major. 4x4 register blocks: 8 row loads feed 16
+// accumulators per step of d, and the horizontal sums are paid once per 16 dot products.
+template <typename T>
+inline __attribute__((always_inline)) void gram_lower_impl(const T* t, int64_t n, int64_t D, T* s) {
+  int64_t r0 = 0;
+  for (; r0 + 4 <= n; r0 += 4) {
+    const T *a0 = t + r0 * D, *a1 = a0 + D, *a2 = a1 + D, *a3 = a2 + D;
+    int64_t c0 = 0;
+    for (; c0 + 4 <= r0 + 4; c0 += 4) {
+      const T *b0 = t + c0 * D, *b1 = b0 + D, *b2 = b1 + D, *b3 = b2 + D;
+      T s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      T s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+      for (int64_t d = 0; d < D; ++d) {
+        const T x0 = a0[d], x1 = a1[d], x2 = a2[d], x3 = a3[d];
+        const T y0 = b0[d], y1 = b1[d], y2 = b2[d], y3 = b3[d];
+        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
+        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
+        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3;
+        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3;
+      }
+      T* o = s + r0 * n + c0;
+      o[0] = s00; o[1] = s01; o[2] = s02; o[3] = s03;
+      o += n; o[0] = s10; o[1] = s11; o[2] = s12; o[3] = s13;
+      o += n; o[0] = s20; o[1] = s21; o[2] = s22; o[3] = s23;
+      o += n; o[0] = s30; o[1] = s31; o[2] = s32; o[3] = s33;
+    }
   }
-  for (; d + W <= D; d += W) s0 = at::vec::fmadd(Vec::loadu(a + d), Vec::loadu(b + d), s0);
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& x, Vec& y) { return x + y; }, s0 + s1);
-  for (; d < D; ++d) s += a[d] * b[d];
-  return s;
+  for (int64_t r = r0; r < n; ++r) {  // the last n % 4 rows, one dot product at a time
+    for (int64_t c = 0; c <= r; ++c) {
+      T acc = 0;
+      const T *a = t + r * D, *b = t + c * D;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t d = 0; d < D; ++d) acc += a[d] * b[d];
+      s[r * n + c] = acc;
+    }
+  }
 }
 
-// y += alpha * x
-template <typename acc_t>
-void axpy(acc_t alpha, const acc_t* x, acc_t* y, int64_t D) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t W = Vec::size();
-  const Vec va(alpha);
-  int64_t d = 0;
-  for (; d + W <= D; d += W) at::vec::fmadd(va, Vec::loadu(x + d), Vec::loadu(y + d)).store(y + d);
-  for (; d < D; ++d) y[d] += alpha * x[d];
+// gt (n, D) = g (n, n) . t (n, D), all row-major.
+template <typename T>
+inline __attribute__((always_inline)) void symm_times_rows_impl(const T* g, const T* t, int64_t n, int64_t D,
+                                                                T* gt) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* out = gt + r * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) out[d] = 0;
+    for (int64_t c = 0; c < n; ++c) {
+      const T w = g[r * n + c];
+      const T* row = t + c * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) out[d] += w * row[d];
+    }
+  }
+}
+
+RECSYS_CPU_CLONES void gram_lower(const float* t, int64_t n, int64_t D, float* s) { gram_lower_impl(t, n, D, s); }
+RECSYS_CPU_CLONES void gram_lower(const double* t, int64_t n, int64_t D, double* s) { gram_lower_impl(t, n, D, s); }
+RECSYS_CPU_CLONES void symm_times_rows(const float* g, const float* t, int64_t n, int64_t D, float* gt) {
+  symm_times_rows_impl(g, t, n, D, gt);
+}
+RECSYS_CPU_CLONES void symm_times_rows(const double* g, const double* t, int64_t n, int64_t D, double* gt) {
+  symm_times_rows_impl(g, t, n, D, gt);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -58,18 +103,19 @@ void forward_kernel(const at::Tensor& dense, const at::Tensor& sparse, at::Tenso
   const scalar_t* sp = sparse.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 4096 / (s.n * s.n + 1));
+  const int64_t diag = s.self_interaction ? 1 : 0;
   at::parallel_for(0, s.B, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> t(s.n * s.D);
+    std::vector<acc_t> t(s.n * s.D), gram(s.n * s.n);
     for (int64_t b = begin; b < end; ++b) {
       load_rows(dp + b * s.D, sp + b * s.F * s.D, s.F, s.D, t.data());
+      gram_lower(t.data(), s.n, s.D, gram.data());
       scalar_t* row = op + b * s.out_cols;
       std::copy(dp + b * s.D, dp + (b + 1) * s.D, row);
       scalar_t* pairs = row + s.D;
-      const int64_t diag = s.self_interaction ? 1 : 0;
       for (int64_t r = 0; r < s.n; ++r)
         for (int64_t c = 0; c < r + diag; ++c)
           pairs[dot_interaction_pair_index(r, c, s.n, s.self_interaction, s.upper)] =
-              static_cast<scalar_t>(dot(t.data() + r * s.D, t.data() + c * s.D, s.D));
+              static_cast<scalar_t>(gram[r * s.n + c]);
       std::fill(row + s.D + s.pairs, row + s.out_cols, scalar_t(0));
     }
   });
@@ -86,22 +132,22 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& dense, con
   scalar_t* gdp = grad_dense.mutable_data_ptr<scalar_t>();
   scalar_t* gsp = grad_sparse.mutable_data_ptr<scalar_t>();
   const int64_t grain = std::max<int64_t>(1, 4096 / (s.n * s.n + 1));
+  const int64_t diag = s.self_interaction ? 1 : 0;
   at::parallel_for(0, s.B, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> t(s.n * s.D), gt(s.n * s.D);
-    const int64_t diag = s.self_interaction ? 1 : 0;
+    std::vector<acc_t> t(s.n * s.D), gt(s.n * s.D), g_sym(s.n * s.n, acc_t(0));
     for (int64_t b = begin; b < end; ++b) {
       load_rows(dp + b * s.D, sp + b * s.F * s.D, s.F, s.D, t.data());
-      std::fill(gt.begin(), gt.end(), acc_t(0));
+      // G symmetric: d(t_r . t_c) = t_c dt_r + t_r dt_c, so the diagonal (self-interaction) counts twice.
       const scalar_t* g = gp + b * g_stride;
       for (int64_t r = 0; r < s.n; ++r) {
         for (int64_t c = 0; c < r + diag; ++c) {
           const int64_t p = s.D + dot_interaction_pair_index(r, c, s.n, s.self_interaction, s.upper);
           const acc_t gv = static_cast<acc_t>(g[p * g_col]);
-          // d(t_r . t_c) = t_c dt_r + t_r dt_c; on the diagonal both terms land on t_r (factor 2).
-          axpy(gv, t.data() + c * s.D, gt.data() + r * s.D, s.D);
-          axpy(gv, t.data() + r * s.D, gt.data() + c * s.D, s.D);
+          g_sym[r * s.n + c] = gv;
+          g_sym[c * s.n + r] = r == c ? 2 * gv : gv;
         }
       }
+      symm_times_rows(g_sym.data(), t.data(), s.n, s.D, gt.data());
       for (int64_t d = 0; d < s.D; ++d)
         gdp[b * s.D + d] = static_cast<scalar_t>(static_cast<acc_t>(g[d * g_col]) + gt[d]);
       for (int64_t i = 0; i < s.F * s.D; ++i) gsp[b * s.F * s.D + i] = static_cast<scalar_t>(gt[s.D + i]);
