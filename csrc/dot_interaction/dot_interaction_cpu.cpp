@@ -1,7 +1,7 @@
 // DLRM dot interaction, CPU kernel: parallel over the batch.
 //
 // Per sample, T = [dense; sparse] (n x D) is converted once to a float32 (float64 for double) scratch
-// block that stays in L1/L2, then only the lower triangle of T Tᵀ is computed, in 4x4 register blocks
+// block that stays in L1/L2, then only the lower triangle of T Tᵀ is computed, in register blocks
 // (about half the FLOPs of a full bmm), and scattered into the output row in the requested layout.
 // The backward builds the symmetric pair-gradient matrix G and forms grad_T = G T.
 #include <ATen/Dispatch.h>
@@ -16,84 +16,91 @@
 namespace recsys {
 namespace {
 
-// The hot loops are plain C++ that GCC/Clang vectorise; target_clones builds them for AVX-512, AVX2+FMA
-// and baseline x86-64 and picks one at load time, since the extension itself is built for baseline x86-64.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define RECSYS_CPU_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define RECSYS_CPU_CLONES
-#endif
+constexpr int64_t kMR = 4, kNR = 16;  // register block of C: rows x columns
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// s[r * n + c] = t_r . t_c for c <= r, t (n, D) row-major. 4x4 register blocks: 8 row loads feed 16
-// accumulators per step of d, and the horizontal sums are paid once per 16 dot products.
+// C (m, N) = A (m, K) . B (K, N), row-major with leading dimensions; m a multiple of kMR and N of kNR (the
+// callers zero-pad their scratch). Each kMR x kNR block of C stays in vector registers while k runs: per
+// step, kMR broadcasts of A, one kNR-wide load of B and kMR FMAs per lane group, and no horizontal sums.
+// ``lower`` computes only the column blocks that reach the diagonal of each row block (for T Tᵀ, whose
+// lower triangle is all we need).
 template <typename T>
-inline __attribute__((always_inline)) void gram_lower_impl(const T* t, int64_t n, int64_t D, T* s) {
-  int64_t r0 = 0;
-  for (; r0 + 4 <= n; r0 += 4) {
-    const T *a0 = t + r0 * D, *a1 = a0 + D, *a2 = a1 + D, *a3 = a2 + D;
-    int64_t c0 = 0;
-    for (; c0 + 4 <= r0 + 4; c0 += 4) {
-      const T *b0 = t + c0 * D, *b1 = b0 + D, *b2 = b1 + D, *b3 = b2 + D;
-      T s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
-      T s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
-#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
-      for (int64_t d = 0; d < D; ++d) {
-        const T x0 = a0[d], x1 = a1[d], x2 = a2[d], x3 = a3[d];
-        const T y0 = b0[d], y1 = b1[d], y2 = b2[d], y3 = b3[d];
-        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
-        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
-        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3;
-        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3;
+inline __attribute__((always_inline)) void gemm_rows_impl(const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                                                          int64_t ldc, int64_t m, int64_t K, int64_t N, bool lower) {
+  for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+    const int64_t n_end = lower ? std::min(N, round_up(i0 + kMR, kNR)) : N;
+    for (int64_t j0 = 0; j0 < n_end; j0 += kNR) {
+      T acc[kMR][kNR] = {};
+      for (int64_t k = 0; k < K; ++k) {
+        const T* b = B + k * ldb + j0;
+        for (int64_t i = 0; i < kMR; ++i) {
+          const T a = A[(i0 + i) * lda + k];
+#pragma omp simd
+          for (int64_t j = 0; j < kNR; ++j) acc[i][j] += a * b[j];
+        }
       }
-      T* o = s + r0 * n + c0;
-      o[0] = s00; o[1] = s01; o[2] = s02; o[3] = s03;
-      o += n; o[0] = s10; o[1] = s11; o[2] = s12; o[3] = s13;
-      o += n; o[0] = s20; o[1] = s21; o[2] = s22; o[3] = s23;
-      o += n; o[0] = s30; o[1] = s31; o[2] = s32; o[3] = s33;
-    }
-  }
-  for (int64_t r = r0; r < n; ++r) {  // the last n % 4 rows, one dot product at a time
-    for (int64_t c = 0; c <= r; ++c) {
-      T acc = 0;
-      const T *a = t + r * D, *b = t + c * D;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t d = 0; d < D; ++d) acc += a[d] * b[d];
-      s[r * n + c] = acc;
-    }
-  }
-}
-
-// gt (n, D) = g (n, n) . t (n, D), all row-major.
-template <typename T>
-inline __attribute__((always_inline)) void symm_times_rows_impl(const T* g, const T* t, int64_t n, int64_t D,
-                                                                T* gt) {
-  for (int64_t r = 0; r < n; ++r) {
-    T* out = gt + r * D;
+      for (int64_t i = 0; i < kMR; ++i)
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) out[d] = 0;
-    for (int64_t c = 0; c < n; ++c) {
-      const T w = g[r * n + c];
-      const T* row = t + c * D;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) out[d] += w * row[d];
+        for (int64_t j = 0; j < kNR; ++j) C[(i0 + i) * ldc + j0 + j] = acc[i][j];
     }
   }
 }
 
-RECSYS_CPU_CLONES void gram_lower(const float* t, int64_t n, int64_t D, float* s) { gram_lower_impl(t, n, D, s); }
-RECSYS_CPU_CLONES void gram_lower(const double* t, int64_t n, int64_t D, double* s) { gram_lower_impl(t, n, D, s); }
-RECSYS_CPU_CLONES void symm_times_rows(const float* g, const float* t, int64_t n, int64_t D, float* gt) {
-  symm_times_rows_impl(g, t, n, D, gt);
-}
-RECSYS_CPU_CLONES void symm_times_rows(const double* g, const double* t, int64_t n, int64_t D, double* gt) {
-  symm_times_rows_impl(g, t, n, D, gt);
-}
+// The extension is built for baseline x86-64, so the hot loop is compiled again for AVX2+FMA and AVX-512
+// and picked by what the CPU reports at run time (target_clones' resolver keys on CPU model names and
+// misses e.g. AMD EPYC parts, so the choice is made here explicitly).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RECSYS_DEFINE_GEMM_ROWS(T)                                                                          \
+  __attribute__((target("avx512f,avx512vl,fma"))) void gemm_rows_avx512(const T* A, int64_t lda, const T* B, \
+      int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K, int64_t N, bool lower) {                         \
+    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
+  }                                                                                                          \
+  __attribute__((target("avx2,fma"))) void gemm_rows_avx2(const T* A, int64_t lda, const T* B, int64_t ldb,  \
+      T* C, int64_t ldc, int64_t m, int64_t K, int64_t N, bool lower) {                                      \
+    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
+  }                                                                                                          \
+  void gemm_rows(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K,  \
+                 int64_t N, bool lower) {                                                                    \
+    static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2     \
+                             : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")       ? 1     \
+                                                                                                     : 0;    \
+    if (level == 2) return gemm_rows_avx512(A, lda, B, ldb, C, ldc, m, K, N, lower);                         \
+    if (level == 1) return gemm_rows_avx2(A, lda, B, ldb, C, ldc, m, K, N, lower);                           \
+    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
+  }
+#else
+#define RECSYS_DEFINE_GEMM_ROWS(T)                                                                          \
+  void gemm_rows(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K,  \
+                 int64_t N, bool lower) {                                                                    \
+    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
+  }
+#endif
+RECSYS_DEFINE_GEMM_ROWS(float)
+RECSYS_DEFINE_GEMM_ROWS(double)
 
-template <typename scalar_t, typename acc_t>
-void load_rows(const scalar_t* dense, const scalar_t* sparse, int64_t F, int64_t D, acc_t* t) {
-  for (int64_t d = 0; d < D; ++d) t[d] = static_cast<acc_t>(dense[d]);
-  for (int64_t i = 0; i < F * D; ++i) t[D + i] = static_cast<acc_t>(sparse[i]);
-}
+// Per-sample scratch in the accumulation type, zero-padded so gemm_rows sees whole register blocks:
+// t (n_rows, ld_t) = [dense; sparse] with n_rows = n rounded up to kMR and ld_t = D rounded up to kNR,
+// tt (D, ld_tt) its transpose with ld_tt = n rounded up to kNR. Padding stays zero across samples.
+template <typename acc_t>
+struct Scratch {
+  int64_t n_rows, ld_t, ld_tt;
+  std::vector<acc_t> t, tt, c, g;
+  explicit Scratch(const DotInteractionShape& s)
+      : n_rows(round_up(s.n, kMR)), ld_t(round_up(s.D, kNR)), ld_tt(round_up(s.n, kNR)),
+        t(n_rows * ld_t, acc_t(0)), tt(s.D * ld_tt, acc_t(0)), c(n_rows * std::max(ld_t, ld_tt), acc_t(0)),
+        g(n_rows * s.n, acc_t(0)) {}
+
+  template <typename scalar_t>
+  void load(const scalar_t* dense, const scalar_t* sparse, const DotInteractionShape& s, bool transpose) {
+    for (int64_t r = 0; r < s.n; ++r) {
+      const scalar_t* src = r == 0 ? dense : sparse + (r - 1) * s.D;
+      acc_t* dst = t.data() + r * ld_t;
+      for (int64_t d = 0; d < s.D; ++d) dst[d] = static_cast<acc_t>(src[d]);
+      if (transpose)
+        for (int64_t d = 0; d < s.D; ++d) tt[d * ld_tt + r] = dst[d];
+    }
+  }
+};
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& dense, const at::Tensor& sparse, at::Tensor& out,
@@ -105,17 +112,17 @@ void forward_kernel(const at::Tensor& dense, const at::Tensor& sparse, at::Tenso
   const int64_t grain = std::max<int64_t>(1, 4096 / (s.n * s.n + 1));
   const int64_t diag = s.self_interaction ? 1 : 0;
   at::parallel_for(0, s.B, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> t(s.n * s.D), gram(s.n * s.n);
+    Scratch<acc_t> w(s);
     for (int64_t b = begin; b < end; ++b) {
-      load_rows(dp + b * s.D, sp + b * s.F * s.D, s.F, s.D, t.data());
-      gram_lower(t.data(), s.n, s.D, gram.data());
+      w.load(dp + b * s.D, sp + b * s.F * s.D, s, /*transpose=*/true);
+      gemm_rows(w.t.data(), w.ld_t, w.tt.data(), w.ld_tt, w.c.data(), w.ld_tt, w.n_rows, s.D, w.ld_tt, /*lower=*/true);
       scalar_t* row = op + b * s.out_cols;
       std::copy(dp + b * s.D, dp + (b + 1) * s.D, row);
       scalar_t* pairs = row + s.D;
       for (int64_t r = 0; r < s.n; ++r)
         for (int64_t c = 0; c < r + diag; ++c)
           pairs[dot_interaction_pair_index(r, c, s.n, s.self_interaction, s.upper)] =
-              static_cast<scalar_t>(gram[r * s.n + c]);
+              static_cast<scalar_t>(w.c[r * w.ld_tt + c]);
       std::fill(row + s.D + s.pairs, row + s.out_cols, scalar_t(0));
     }
   });
@@ -134,23 +141,26 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& dense, con
   const int64_t grain = std::max<int64_t>(1, 4096 / (s.n * s.n + 1));
   const int64_t diag = s.self_interaction ? 1 : 0;
   at::parallel_for(0, s.B, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> t(s.n * s.D), gt(s.n * s.D), g_sym(s.n * s.n, acc_t(0));
+    Scratch<acc_t> w(s);
     for (int64_t b = begin; b < end; ++b) {
-      load_rows(dp + b * s.D, sp + b * s.F * s.D, s.F, s.D, t.data());
+      w.load(dp + b * s.D, sp + b * s.F * s.D, s, /*transpose=*/false);
       // G symmetric: d(t_r . t_c) = t_c dt_r + t_r dt_c, so the diagonal (self-interaction) counts twice.
       const scalar_t* g = gp + b * g_stride;
       for (int64_t r = 0; r < s.n; ++r) {
         for (int64_t c = 0; c < r + diag; ++c) {
           const int64_t p = s.D + dot_interaction_pair_index(r, c, s.n, s.self_interaction, s.upper);
           const acc_t gv = static_cast<acc_t>(g[p * g_col]);
-          g_sym[r * s.n + c] = gv;
-          g_sym[c * s.n + r] = r == c ? 2 * gv : gv;
+          w.g[r * s.n + c] = gv;
+          w.g[c * s.n + r] = r == c ? 2 * gv : gv;
         }
       }
-      symm_times_rows(g_sym.data(), t.data(), s.n, s.D, gt.data());
+      // grad_T = G T; rows of G past n are zero padding, and so are the rows of grad_T they make.
+      gemm_rows(w.g.data(), s.n, w.t.data(), w.ld_t, w.c.data(), w.ld_t, w.n_rows, s.n, w.ld_t, /*lower=*/false);
       for (int64_t d = 0; d < s.D; ++d)
-        gdp[b * s.D + d] = static_cast<scalar_t>(static_cast<acc_t>(g[d * g_col]) + gt[d]);
-      for (int64_t i = 0; i < s.F * s.D; ++i) gsp[b * s.F * s.D + i] = static_cast<scalar_t>(gt[s.D + i]);
+        gdp[b * s.D + d] = static_cast<scalar_t>(static_cast<acc_t>(g[d * g_col]) + w.c[d]);
+      for (int64_t r = 1; r < s.n; ++r)
+        for (int64_t d = 0; d < s.D; ++d)
+          gsp[(b * s.F + r - 1) * s.D + d] = static_cast<scalar_t>(w.c[r * w.ld_t + d]);
     }
   });
 }
