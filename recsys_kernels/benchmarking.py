@@ -1,6 +1,7 @@
 """Timing and machine ceilings shared by ``benchmarks/`` and ``python -m recsys_kernels``.
 
     time_ms(fn, device="cuda", rotate=4)  # median ms; fn(i) gets the index of the input set to use
+                                          # (setup=... prepares each call untimed, e.g. a forward graph)
     copy_bandwidth_gbs("cuda")            # device-to-device copy, bytes read + bytes written
     matmul_tflops("cuda")                 # 8192^3 bf16 GEMM
 
@@ -32,23 +33,26 @@ def _sync(device: torch.device) -> None:
 
 
 def time_ms(fn: Callable[..., Any], *, device: torch.device | str, warmup: int = 10, rep: int = 50,
-            rotate: int | None = None) -> float:
+            rotate: int | None = None, setup: Callable[..., Any] | None = None) -> float:
     """Median wall time of one call of ``fn`` in milliseconds.
 
     ``rotate=k`` calls ``fn(i % k)`` with a growing i, so a benchmark can cycle through k input sets whose
-    total size exceeds the caches; ``rotate=None`` calls ``fn()``. CUDA: one pair of CUDA events per call,
-    L2 flushed before each call (the flush is outside the events). Other devices: ``time.perf_counter``
-    around each call, synchronising the device (if it has a ``synchronize``) before and after.
+    total size exceeds the caches; ``rotate=None`` calls ``fn()``. ``setup``, when given, is called first
+    with those arguments, untimed, and ``fn`` gets its result instead (e.g. a fresh forward graph whose
+    backward alone is timed). CUDA: one pair of CUDA events per call, L2 flushed after setup and before
+    each call (outside the events). Other devices: ``time.perf_counter`` around each call, synchronising
+    the device (if it has a ``synchronize``) before and after.
     """
     device = torch.device(device)
     if rep < 1:
         raise ValueError(f"rep must be >= 1, got {rep}")
 
-    def call(i: int) -> None:
-        fn(i % rotate) if rotate else fn()
+    def args(i: int) -> tuple[Any, ...]:
+        a = (i % rotate,) if rotate else ()
+        return (setup(*a),) if setup is not None else a
 
     for i in range(warmup):
-        call(i)
+        fn(*args(i))
     if device.type == "cuda":
         with torch.cuda.device(device):
             flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
@@ -56,18 +60,20 @@ def time_ms(fn: Callable[..., Any], *, device: torch.device | str, warmup: int =
             ends = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
             torch.cuda.synchronize()
             for i in range(rep):
+                a = args(warmup + i)
                 flush.zero_()
                 starts[i].record()
-                call(warmup + i)
+                fn(*a)
                 ends[i].record()
             torch.cuda.synchronize()
             times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
     else:
         times = []
-        _sync(device)
         for i in range(rep):
+            a = args(warmup + i)
+            _sync(device)
             t0 = time.perf_counter()
-            call(warmup + i)
+            fn(*a)
             _sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)

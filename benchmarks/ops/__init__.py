@@ -1,0 +1,1 @@
+"""Per-op benchmarks: ``python -m benchmarks.ops.bench_<op>``."""
