@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One call on the lent GPU: build the extension, run the GPU tests, then the benchmarks named as arguments
+# (default: every benchmarks/ops/bench_*.py). Logs and result files go to $OUT (or bench_out/).
+#   bash benchmarks/run_gpu.sh [bench_dot_interaction ...]
+set -uo pipefail
+out="${OUT:-bench_out}"; mkdir -p "$out"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}"
+export MAX_JOBS="${MAX_JOBS:-16}" RECSYS_KERNELS_CUDA=1 PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+start=$SECONDS
+pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+echo "build: $((SECONDS - start)) s"
+HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-gpu}" timeout "${TEST_TIMEOUT:-300}" python -m pytest -m gpu -q -x \
+  ${TESTS:-tests} -p no:cacheprovider >"$out/gpu_tests.log" 2>&1
+echo "gpu tests: rc=$? ($((SECONDS - start)) s)"; tail -15 "$out/gpu_tests.log"
+benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))
+for b in "${benches[@]}"; do
+  RECSYS_KERNELS_GIT_REV="${GIT_REV:-unknown}" python -m "benchmarks.ops.$b" --device cuda --out "$out" \
+    >"$out/$b.log" 2>&1; echo "$b: rc=$?"; cat "$out/$b.log"
+done
