@@ -15,6 +15,7 @@ HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-gpu}" timeout "${TEST_TIMEOUT:-300}" p
 echo "gpu tests: rc=$? ($((SECONDS - start)) s)"; tail -15 "$out/gpu_tests.log"
 benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))
 for b in "${benches[@]}"; do
-  RECSYS_KERNELS_GIT_REV="${GIT_REV:-unknown}" python -m "benchmarks.ops.$b" --device cuda --out "$out" \
+  RECSYS_KERNELS_GIT_REV="${GIT_REV:-unknown}" timeout "${BENCH_TIMEOUT:-600}" python -m "benchmarks.ops.$b" \
+    --device cuda --out "$out" ${BENCH_ARGS:-} \
     >"$out/$b.log" 2>&1; echo "$b: rc=$?"; cat "$out/$b.log"
 done
