@@ -8,9 +8,9 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="${TORCH_C
 export MAX_JOBS="${MAX_JOBS:-16}" RECSYS_KERNELS_CUDA=1 PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 start=$SECONDS
-pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+python -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "build: $((SECONDS - start)) s"
-HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-gpu}" timeout "${TEST_TIMEOUT:-300}" python -m pytest -m gpu -q -x \
+HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-gpu}" timeout "${TEST_TIMEOUT:-300}" python -m pytest -m gpu -q \
   ${TESTS:-tests} -p no:cacheprovider >"$out/gpu_tests.log" 2>&1
 echo "gpu tests: rc=$? ($((SECONDS - start)) s)"; tail -15 "$out/gpu_tests.log"
 benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))

@@ -3,7 +3,20 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace recsys {
+
+// Integers in error messages go through std::to_string rather than the ostream inside c10::str: on the
+// lent H100 (torch 2.11, extension built there) formatting an integer through an ostream inside
+// TORCH_CHECK crashed the process instead of raising. to_string formats with snprintf.
+inline std::string num(int64_t v) { return std::to_string(v); }
+
+inline std::string shape(at::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + (sizes.size() == 1 ? ",)" : ")");
+}
 
 // float64 is accepted for gradcheck and reference comparisons; kernels tune for the other three.
 inline void check_float_dtype(const at::Tensor& t, const char* name) {
@@ -12,9 +25,9 @@ inline void check_float_dtype(const at::Tensor& t, const char* name) {
               name, " must be float32, float16, bfloat16 (or float64), got ", dt);
 }
 
-inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* shape) {
-  TORCH_CHECK(t.dim() == dim, name, " must have shape ", shape, " (", dim, " dims), got ", t.dim(),
-              " dims with sizes ", t.sizes());
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* expected) {
+  TORCH_CHECK(t.dim() == dim, name, " must have shape ", expected, " (", num(dim), " dims), got shape ",
+              recsys::shape(t.sizes()));
 }
 
 inline void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {

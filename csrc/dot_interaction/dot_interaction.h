@@ -58,11 +58,11 @@ inline DotInteractionShape check_dot_interaction_inputs(const at::Tensor& dense,
   check_same_dtype(dense, "dense", sparse, "sparse");
   check_same_device(dense, "dense", sparse, "sparse");
   TORCH_CHECK(dense.size(0) == sparse.size(0), "dense and sparse must have the same batch size, got ",
-              dense.size(0), " and ", sparse.size(0));
+              num(dense.size(0)), " and ", num(sparse.size(0)));
   TORCH_CHECK(dense.size(1) == sparse.size(2), "dense (B, D) and sparse (B, F, D) must have the same D, got ",
-              dense.size(1), " and ", sparse.size(2));
-  TORCH_CHECK(sparse.size(1) >= 1, "sparse must have at least one feature (F >= 1), got F = ", sparse.size(1));
-  TORCH_CHECK(pad_to_multiple >= 1, "pad_to_multiple must be >= 1, got ", pad_to_multiple);
+              num(dense.size(1)), " and ", num(sparse.size(2)));
+  TORCH_CHECK(sparse.size(1) >= 1, "sparse must have at least one feature (F >= 1), got F = ", num(sparse.size(1)));
+  TORCH_CHECK(pad_to_multiple >= 1, "pad_to_multiple must be >= 1, got ", num(pad_to_multiple));
   DotInteractionShape s;
   s.B = dense.size(0);
   s.F = sparse.size(1);
@@ -85,7 +85,8 @@ inline DotInteractionShape check_dot_interaction_backward_inputs(const at::Tenso
   check_same_dtype(grad_output, "grad_output", dense, "dense");
   check_same_device(grad_output, "grad_output", dense, "dense");
   TORCH_CHECK(grad_output.size(0) == s.B && grad_output.size(1) >= s.D + s.pairs,
-              "grad_output must have shape (", s.B, ", >= ", s.D + s.pairs, "), got ", grad_output.sizes());
+              "grad_output must have shape (", num(s.B), ", >= ", num(s.D + s.pairs), "), got ",
+              shape(grad_output.sizes()));
   return s;
 }
 
