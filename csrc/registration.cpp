@@ -11,4 +11,17 @@ TORCH_LIBRARY(recsys, m) {
   // -> (grad_dense (B, D), grad_sparse (B, F, D)); columns of grad_output past D + P (padding) are ignored.
   m.def("dot_interaction_backward(Tensor grad_output, Tensor dense, Tensor sparse, bool self_interaction, "
         "str layout) -> (Tensor, Tensor)");
+
+  // Exact row-wise Adagrad (FBGEMM EXACT_ROWWISE_ADAGRAD) on weight (E, D) and momentum (E,) float32, in place.
+  // indices (N,) rows, grad_rows (N, D) one gradient row per occurrence; duplicates are summed first.
+  m.def("rowwise_adagrad_update_(Tensor(a!) weight, Tensor(b!) momentum, Tensor indices, Tensor grad_rows, *, "
+        "float lr=0.01, float eps=1e-08, float weight_decay=0., str weight_decay_mode=\"none\", "
+        "int stochastic_rounding_seed=-1) -> ()");
+  // The same update from the pooled gradient grad_output (B, T*D) of T tables' bags: offsets (T*B + 1,)
+  // table-major, table_offsets (T + 1,) row offsets of the tables in weight (None: one table).
+  m.def("embedding_bag_backward_rowwise_adagrad_(Tensor(a!) weight, Tensor(b!) momentum, Tensor indices, "
+        "Tensor offsets, Tensor grad_output, *, Tensor? table_offsets=None, str pooling=\"sum\", "
+        "Tensor? per_sample_weights=None, float lr=0.01, float eps=1e-08, float weight_decay=0., "
+        "str weight_decay_mode=\"none\", int stochastic_rounding_seed=-1) -> ()");
+
 }

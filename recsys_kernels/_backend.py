@@ -28,6 +28,8 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 # op name -> module that registers its Triton ops (imported only when Triton is chosen or probed).
 TRITON_MODULES: dict[str, str] = {
     "dot_interaction": "recsys_kernels.triton.dot_interaction",
+    "rowwise_adagrad_update_": "recsys_kernels.triton.rowwise_adagrad",
+    "embedding_bag_backward_rowwise_adagrad_": "recsys_kernels.triton.rowwise_adagrad",
 }
 OPS = tuple(TRITON_MODULES)
 
@@ -171,8 +173,10 @@ def _register_hpu_kernels() -> bool:
     from recsys_kernels import reference
 
     for op in OPS:
-        ref = importlib.import_module(f"{reference.__name__}.{op}")
+        # The reference module is the op's stem (the Triton module's name): several ops may share it.
+        ref = importlib.import_module(f"{reference.__name__}.{TRITON_MODULES[op].rsplit('.', 1)[1]}")
         for name in (op, f"{op}_backward"):
-            torch.library.impl(f"recsys::{name}", "hpu")(getattr(ref, name))
+            if hasattr(ref, name):
+                torch.library.impl(f"recsys::{name}", "hpu")(getattr(ref, name))
     _hpu_registered = True
     return True

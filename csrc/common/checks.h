@@ -4,18 +4,24 @@
 #include <c10/util/Exception.h>
 
 #include <string>
+#include <type_traits>
 
 namespace recsys {
 
-// Integers in error messages go through std::to_string rather than the ostream inside c10::str: on the
-// lent H100 (torch 2.11, extension built there) formatting an integer through an ostream inside
-// TORCH_CHECK crashed the process instead of raising. to_string formats with snprintf.
-inline std::string num(int64_t v) { return std::to_string(v); }
-
+// Every non-literal argument of a TORCH_CHECK message goes through fmt(): integers and shapes become
+// strings via std::to_string instead of the ostream inside c10::str. On the lent H100 (torch 2.11, extension
+// built there) formatting an integer through that ostream crashed the process instead of raising.
 inline std::string shape(at::IntArrayRef sizes) {
   std::string out = "(";
   for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
   return out + (sizes.size() == 1 ? ",)" : ")");
+}
+inline std::string fmt(at::IntArrayRef sizes) { return shape(sizes); }
+template <typename T>
+decltype(auto) fmt(const T& v) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return std::to_string(v);
+  else if constexpr (std::is_floating_point_v<T>) return std::to_string(v);
+  else return (v);
 }
 
 // float64 is accepted for gradcheck and reference comparisons; kernels tune for the other three.
@@ -26,7 +32,7 @@ inline void check_float_dtype(const at::Tensor& t, const char* name) {
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name, const char* expected) {
-  TORCH_CHECK(t.dim() == dim, name, " must have shape ", expected, " (", num(dim), " dims), got shape ",
+  TORCH_CHECK(t.dim() == dim, name, " must have shape ", expected, " (", fmt(dim), " dims), got shape ",
               recsys::shape(t.sizes()));
 }
 

@@ -45,7 +45,7 @@ RECSYS_HOST_DEVICE int64_t dot_interaction_pair_index(int64_t r, int64_t c, int6
 
 inline bool parse_dot_interaction_layout(std::string_view layout) {
   TORCH_CHECK(layout == "lower" || layout == "upper", "layout must be 'lower' or 'upper', got '",
-              std::string(layout), "'");
+              fmt(std::string(layout)), "'");
   return layout == "upper";
 }
 
@@ -58,11 +58,11 @@ inline DotInteractionShape check_dot_interaction_inputs(const at::Tensor& dense,
   check_same_dtype(dense, "dense", sparse, "sparse");
   check_same_device(dense, "dense", sparse, "sparse");
   TORCH_CHECK(dense.size(0) == sparse.size(0), "dense and sparse must have the same batch size, got ",
-              num(dense.size(0)), " and ", num(sparse.size(0)));
+              fmt(dense.size(0)), " and ", fmt(sparse.size(0)));
   TORCH_CHECK(dense.size(1) == sparse.size(2), "dense (B, D) and sparse (B, F, D) must have the same D, got ",
-              num(dense.size(1)), " and ", num(sparse.size(2)));
-  TORCH_CHECK(sparse.size(1) >= 1, "sparse must have at least one feature (F >= 1), got F = ", num(sparse.size(1)));
-  TORCH_CHECK(pad_to_multiple >= 1, "pad_to_multiple must be >= 1, got ", num(pad_to_multiple));
+              fmt(dense.size(1)), " and ", fmt(sparse.size(2)));
+  TORCH_CHECK(sparse.size(1) >= 1, "sparse must have at least one feature (F >= 1), got F = ", fmt(sparse.size(1)));
+  TORCH_CHECK(pad_to_multiple >= 1, "pad_to_multiple must be >= 1, got ", fmt(pad_to_multiple));
   DotInteractionShape s;
   s.B = dense.size(0);
   s.F = sparse.size(1);
@@ -85,8 +85,8 @@ inline DotInteractionShape check_dot_interaction_backward_inputs(const at::Tenso
   check_same_dtype(grad_output, "grad_output", dense, "dense");
   check_same_device(grad_output, "grad_output", dense, "dense");
   TORCH_CHECK(grad_output.size(0) == s.B && grad_output.size(1) >= s.D + s.pairs,
-              "grad_output must have shape (", num(s.B), ", >= ", num(s.D + s.pairs), "), got ",
-              shape(grad_output.sizes()));
+              "grad_output must have shape (", fmt(s.B), ", >= ", fmt(s.D + s.pairs), "), got ",
+              fmt(shape(grad_output.sizes())));
   return s;
 }
 

@@ -166,7 +166,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& dense, con
 }
 
 void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", fmt(t.device()));
 }
 
 at::Tensor dot_interaction_cpu(const at::Tensor& dense, const at::Tensor& sparse, bool self_interaction,

@@ -151,14 +151,14 @@ int64_t persistent_grid(Kernel kernel, int threads, int64_t smem, int64_t B, con
                                       cudaSharedmemCarveoutMaxShared));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
-  TORCH_CHECK(per_sm > 0, "dot_interaction (CUDA): a block of ", num(threads), " threads with ", num(smem),
+  TORCH_CHECK(per_sm > 0, "dot_interaction (CUDA): a block of ", fmt(threads), " threads with ", fmt(smem),
               " bytes of shared memory cannot be resident on this device");
   return std::min<int64_t>(B, static_cast<int64_t>(per_sm) * dev.sms);
 }
 
 void check_fits(bool fits, const DotInteractionShape& s, at::ScalarType dt, int64_t need, const Device& dev) {
-  TORCH_CHECK(fits, "dot_interaction (CUDA): F = ", num(s.F), ", D = ", num(s.D), " in ", dt, " needs ", num(need),
-              " bytes of shared memory per block, more than the ", num(dev.smem_optin),
+  TORCH_CHECK(fits, "dot_interaction (CUDA): F = ", fmt(s.F), ", D = ", fmt(s.D), " in ", fmt(dt), " needs ", fmt(need),
+              " bytes of shared memory per block, more than the ", fmt(dev.smem_optin),
               " this device allows; use fewer features (F) or the triton/reference backend");
 }
 
@@ -273,14 +273,14 @@ void launch_backward(const at::Tensor& go, const at::Tensor& dense, const at::Te
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", fmt(t.device()));
 }
 
 // Sizes are int32 inside the kernels; shared memory bounds them long before this does.
 void check_int32(const DotInteractionShape& s) {
   TORCH_CHECK(s.n <= 65535 && s.D <= (1 << 24) && s.out_cols <= (1LL << 30),
-              "dot_interaction (CUDA): shape too large (F = ", num(s.F), ", D = ", num(s.D),
-              ", output columns = ", num(s.out_cols), ")");
+              "dot_interaction (CUDA): shape too large (F = ", fmt(s.F), ", D = ", fmt(s.D),
+              ", output columns = ", fmt(s.out_cols), ")");
 }
 
 template <typename F>
@@ -290,7 +290,7 @@ void dispatch(at::ScalarType dt, F&& f) {
     case at::kBFloat16: f(__nv_bfloat16{}); break;
     case at::kFloat: f(float{}); break;
     default:  // float64 passes the shared checks (the CPU kernel and reference take it) but not this kernel
-      TORCH_CHECK(false, "dense must be float32, float16 or bfloat16 for the CUDA kernel, got ", dt,
+      TORCH_CHECK(false, "dense must be float32, float16 or bfloat16 for the CUDA kernel, got ", fmt(dt),
                   "; use the cpu, triton or reference backend for float64");
   }
 }

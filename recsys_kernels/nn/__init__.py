@@ -1,5 +1,7 @@
 """Modules built on recsys_kernels.ops."""
 
+from recsys_kernels.nn.embedding_config import EmbeddingBagConfig
+from recsys_kernels.nn.fused_embedding_bag import FusedEmbeddingBagCollection
 from recsys_kernels.nn.interaction import DotInteraction
 
-__all__ = ["DotInteraction"]
+__all__ = ["DotInteraction", "EmbeddingBagConfig", "FusedEmbeddingBagCollection"]

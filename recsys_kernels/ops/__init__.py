@@ -5,5 +5,11 @@ Importing this package registers the fake-tensor and autograd rules of the C++-d
 """
 
 from recsys_kernels.ops.dot_interaction import dot_interaction
+from recsys_kernels.ops.rowwise_adagrad import (
+    embedding_bag_backward_rowwise_adagrad_,
+    embedding_bag_rowwise_adagrad,
+    rowwise_adagrad_update_,
+)
 
-__all__ = ["dot_interaction"]
+__all__ = ["dot_interaction", "embedding_bag_backward_rowwise_adagrad_", "embedding_bag_rowwise_adagrad",
+           "rowwise_adagrad_update_"]
