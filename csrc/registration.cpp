@@ -24,4 +24,18 @@ TORCH_LIBRARY(recsys, m) {
         "Tensor? per_sample_weights=None, float lr=0.01, float eps=1e-08, float weight_decay=0., "
         "str weight_decay_mode=\"none\", int stochastic_rounding_seed=-1) -> ()");
 
+  // INT4 rows in FBGEMM's TBE layout (E, row_bytes) uint8: [fp16 scale][fp16 bias][D/2 bytes of nibbles][pad to 16].
+  m.def("quantize_int4_rows(Tensor weight) -> Tensor");
+  m.def("dequantize_int4_rows(Tensor packed, int D, ScalarType dtype) -> Tensor");
+  // TBE-style pooled lookup of T INT4 tables stored back to back (dims D, row offsets table_offsets (T + 1,)),
+  // offsets (T*B + 1,) table-major -> (B, sum D) in output_dtype.
+  m.def("int4_embedding_bag(Tensor packed, Tensor indices, Tensor offsets, int[] D, Tensor? table_offsets, "
+        "str pooling, Tensor? per_sample_weights, ScalarType output_dtype, str bounds_check) -> Tensor");
+  // QAT lookup: rows of weight (E, D) float32 fake-quantized to INT4 ("row" | "table" with table_scale (T,))
+  // and pooled -> (B, T*D). The backward is the straight-through estimator: (rows (N,) int64, grad_rows (N, D)).
+  m.def("qat_embedding_bag(Tensor weight, Tensor indices, Tensor offsets, Tensor? table_offsets, str pooling, "
+        "Tensor? per_sample_weights, str qparams, Tensor? table_scale, str bounds_check) -> Tensor");
+  m.def("qat_embedding_bag_backward(Tensor grad_output, Tensor indices, Tensor offsets, Tensor? table_offsets, "
+        "str pooling, Tensor? per_sample_weights, int num_rows) -> (Tensor, Tensor)");
+
 }

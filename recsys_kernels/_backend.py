@@ -30,6 +30,10 @@ TRITON_MODULES: dict[str, str] = {
     "dot_interaction": "recsys_kernels.triton.dot_interaction",
     "rowwise_adagrad_update_": "recsys_kernels.triton.rowwise_adagrad",
     "embedding_bag_backward_rowwise_adagrad_": "recsys_kernels.triton.rowwise_adagrad",
+    "quantize_int4_rows": "recsys_kernels.triton.int4_embedding_bag",
+    "dequantize_int4_rows": "recsys_kernels.triton.int4_embedding_bag",
+    "int4_embedding_bag": "recsys_kernels.triton.int4_embedding_bag",
+    "qat_embedding_bag": "recsys_kernels.triton.qat_embedding_bag",
 }
 OPS = tuple(TRITON_MODULES)
 

@@ -1,0 +1,307 @@
+// INT4 rows (FBGEMM TBE layout), CUDA kernels: quantize_int4_rows, dequantize_int4_rows and the TBE-style lookup
+// int4_embedding_bag (row-wise 4-bit quantization with fp16 scale and bias: FBGEMM's fused N-bit rowwise format,
+// Khudia et al., 2021).
+//
+// Lookup. A row is row_bytes = round_up(4 + D/2, 16) bytes on a 16-byte boundary, i.e. C = row_bytes / 16
+// aligned 16-byte units; one thread owns one unit of every row of one bag: unit 0 holds the fp16 scale and bias
+// and 24 codes, unit c >= 1 holds 32 codes (columns 24 + 32 (c - 1) ...). So a row costs C independent 16-byte
+// loads spread over C neighbouring lanes (one coalesced 80-byte request for D = 128), threads of unit c >= 1 read
+// the 4-byte scale/bias word of the row (same sector, an L1 hit), and each thread walks its bag 4 rows at a time
+// (indices, then 4 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
+// of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
+// bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
+// "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
+// different D and row counts share the launch (TBE batching) and the table's geometry is computed once a block.
+//
+// bounds_check="error": threads flag bad indices / offsets / table_offsets in a device word that the host reads
+// once after the launch; "ignore": no flag and no sync. Either way a bad index is skipped and offsets are
+// clamped into [0, N]: nothing is read out of bounds.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "int4_embedding_bag/int4_embedding_bag_cuda.cuh"
+
+namespace recsys {
+namespace int4_cuda {
+namespace {
+
+constexpr int kUnroll = 4;  // rows in flight per thread
+
+// Table t of the block: the largest t with block_start[t] <= blockIdx.x.
+__device__ __forceinline__ int block_table(const TableParams& tp) {
+  int lo = 0, hi = tp.T - 1;
+  const int blk = static_cast<int>(blockIdx.x);
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tp.block_start[mid] <= blk) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename index_t, typename offset_t, typename out_t>
+__global__ void __launch_bounds__(kThreads)
+    int4_bag_kernel(const uint8_t* __restrict__ packed, int64_t total_bytes, const index_t* __restrict__ indices,
+                    const offset_t* __restrict__ offsets, const int64_t* __restrict__ table_offsets,
+                    const float* __restrict__ psw, out_t* __restrict__ out, int64_t out_stride, int64_t N, int64_t B,
+                    bool uniform, bool mean, bool check, int* __restrict__ err, const __grid_constant__ TableParams tp) {
+  const int t = block_table(tp);
+  const int D = tp.D[t], rb = tp.row_bytes[t], C = rb / 16;
+  __shared__ int64_t s_rows, s_base;
+  __shared__ int s_broken;
+  if (threadIdx.x == 0) {
+    int64_t rows, base = 0;
+    int broken = 0;
+    if (table_offsets) {
+      const int64_t lo = table_offsets[t], hi = table_offsets[t + 1];
+      rows = max(hi - lo, int64_t(0));
+      if (uniform) {
+        base = lo * rb;
+      } else {
+        for (int u = 0; u < t; ++u) base += max(table_offsets[u + 1] - table_offsets[u], int64_t(0)) * tp.row_bytes[u];
+      }
+      broken = hi < lo || table_offsets[0] != 0 || base + rows * rb > total_bytes;
+    } else {
+      rows = total_bytes / rb;
+    }
+    s_rows = rows;
+    s_base = base;
+    s_broken = broken;
+  }
+  __syncthreads();
+  const int64_t local = static_cast<int64_t>(blockIdx.x - tp.block_start[t]) * blockDim.x + threadIdx.x;
+  if (local >= B * C) return;
+  const int64_t b = local / C, k = t * B + b;
+  const int c = static_cast<int>(local - b * C);
+  const int64_t rows = s_rows, base = s_base;
+  int64_t start, stop;
+  int bad = 0;
+  if (bag_range(offsets, k, static_cast<int64_t>(tp.T) * B, N, start, stop)) bad |= kBadOffsets;
+  if (s_broken && b == 0) bad |= kBadTableOffsets;
+  const bool weighted = psw != nullptr;
+  float acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+  for (int64_t p0 = start; p0 < stop; p0 += kUnroll) {
+    const uint8_t* row[kUnroll];
+    bool ok[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t p = p0 + u;
+      const int64_t r = p < stop ? static_cast<int64_t>(indices[p]) : 0;
+      const int64_t at = base + r * rb;
+      ok[u] = p < stop && r >= 0 && r < rows && at >= 0 && at + rb <= total_bytes;
+      if (p < stop && !ok[u]) bad |= kBadIndex;
+      row[u] = packed + (ok[u] ? at : 0);
+    }
+    uint4 data[kUnroll];
+    uint32_t sb[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (ok[u]) {
+        data[u] = load_nc_16(row[u] + 16 * c);
+        sb[u] = c == 0 ? data[u].x : load_nc_4(row[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (!ok[u]) continue;
+      const float w = weighted ? psw[p0 + u] : 1.f;
+      const __half2 qp = *reinterpret_cast<const __half2*>(&sb[u]);
+      const float scale = __low2float(qp), bias = __high2float(qp);
+      // Unit 0's codes start after the 4 qparam bytes: shift its words so that acc[j] is always column j of
+      // this thread's run (compile-time register indices).
+      const uint32_t words[4] = {c == 0 ? data[u].y : data[u].x, c == 0 ? data[u].z : data[u].y,
+                                 c == 0 ? data[u].w : data[u].z, c == 0 ? 0u : data[u].w};
+#pragma unroll
+      for (int wi = 0; wi < 4; ++wi) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const float v = fmaf(static_cast<float>((words[wi] >> (4 * n)) & 15u), scale, bias);
+          acc[wi * 8 + n] = pool_add(acc[wi * 8 + n], w, v, weighted);
+        }
+      }
+    }
+  }
+  if (mean && stop > start) {
+    const float len = static_cast<float>(stop - start);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i] = acc[i] / len;
+  }
+  const int col0 = c == 0 ? 0 : 24 + 32 * (c - 1);
+  const int n = min(c == 0 ? 24 : 32, D - col0);
+  if (n > 0) store_row(out + b * out_stride + tp.col[t] + col0, acc, n);
+  if (check && c == 0) flag_error(err, bad);
+}
+
+// One warp per row: min and max over the row (two passes over it, the second from L1/L2), then one byte per lane.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    quantize_kernel(const scalar_t* __restrict__ w, uint8_t* __restrict__ out, int64_t E, int64_t D) {
+  const int64_t e = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (e >= E) return;
+  const scalar_t* x = w + e * D;
+  float mn = INFINITY, mx = -INFINITY;
+  for (int64_t d = lane; d < D; d += 32) {
+    const float f = static_cast<float>(x[d]);
+    mn = fminf(mn, f);
+    mx = fmaxf(mx, f);
+  }
+#pragma unroll
+  for (int m = 16; m >= 1; m /= 2) {
+    mn = fminf(mn, __shfl_xor_sync(0xffffffffu, mn, m));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+  }
+  const Int4RowParams p = int4_row_params(mn, mx);
+  const int64_t rb = int4_row_bytes(D);
+  uint8_t* row = out + e * rb;
+  if (lane == 0) {
+    const __half2 qp = __floats2half2_rn(p.scale, p.bias);
+    *reinterpret_cast<__half2*>(row) = qp;
+  }
+  for (int64_t k = lane; k < rb - kInt4QParamBytes; k += 32) {
+    uint8_t byte = 0;
+    if (k < D / 2) {
+      const auto lo = static_cast<uint32_t>(int4_code(static_cast<float>(x[2 * k]), p.bias, p.inv));
+      const auto hi = static_cast<uint32_t>(int4_code(static_cast<float>(x[2 * k + 1]), p.bias, p.inv));
+      byte = static_cast<uint8_t>(lo | (hi << 4));
+    }
+    row[kInt4QParamBytes + k] = byte;
+  }
+}
+
+// One thread per byte of codes: two output elements.
+template <typename out_t>
+__global__ void __launch_bounds__(kThreads)
+    dequantize_kernel(const uint8_t* __restrict__ packed, out_t* __restrict__ out, int64_t E, int64_t D, int64_t rb) {
+  const int64_t half = D / 2;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= E * half) return;
+  const int64_t e = i / half, k = i - e * half;
+  const uint8_t* row = packed + e * rb;
+  const __half2 qp = *reinterpret_cast<const __half2*>(row);
+  const float scale = __low2float(qp), bias = __high2float(qp);
+  const uint8_t byte = row[kInt4QParamBytes + k];
+  using acc_t = std::conditional_t<std::is_same_v<out_t, double>, double, float>;
+  out[e * D + 2 * k] = static_cast<out_t>(static_cast<acc_t>(byte & 15) * acc_t(scale) + acc_t(bias));
+  out[e * D + 2 * k + 1] = static_cast<out_t>(static_cast<acc_t>(byte >> 4) * acc_t(scale) + acc_t(bias));
+}
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
+}
+
+int64_t blocks_for(int64_t threads) { return (threads + kThreads - 1) / kThreads; }
+
+at::Tensor quantize_int4_rows_cuda(const at::Tensor& weight) {
+  check_dim(weight, 2, "weight", "(E, D)");
+  check_float_dtype(weight, "weight");
+  check_int4_D(weight.size(1), "weight.shape[1] (D)");
+  check_cuda(weight, "weight");
+  c10::cuda::CUDAGuard guard(weight.device());
+  const int64_t E = weight.size(0), D = weight.size(1);
+  auto out = at::empty({E, int4_row_bytes(D)}, weight.options().dtype(at::kByte));
+  if (E == 0) return out;
+  const auto w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "quantize_int4_rows_cuda", [&] {
+    quantize_kernel<scalar_t><<<blocks_for(E * 32), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<uint8_t>(), E, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor dequantize_int4_rows_cuda(const at::Tensor& packed, int64_t D, at::ScalarType dtype) {
+  check_int4_D(D, "D");
+  check_dim(packed, 2, "packed", "(E, row_bytes)");
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", packed.scalar_type());
+  check_packed_row_bytes(packed, D);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+              "dtype must be float32, float16, bfloat16 (or float64), got ", dtype);
+  check_cuda(packed, "packed");
+  c10::cuda::CUDAGuard guard(packed.device());
+  const int64_t E = packed.size(0);
+  auto out = at::empty({E, D}, packed.options().dtype(dtype));
+  if (E == 0) return out;
+  const auto p = packed.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "dequantize_int4_rows_cuda", [&] {
+    dequantize_kernel<scalar_t><<<blocks_for(E * D / 2), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        p.const_data_ptr<uint8_t>(), out.mutable_data_ptr<scalar_t>(), E, D, p.size(1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& indices, const at::Tensor& offsets,
+                                   c10::IntArrayRef D, const std::optional<at::Tensor>& table_offsets,
+                                   c10::string_view pooling, const std::optional<at::Tensor>& per_sample_weights,
+                                   at::ScalarType output_dtype, c10::string_view bounds_check) {
+  const auto s = check_int4_bag_inputs(packed, indices, offsets, D, table_offsets, pooling, per_sample_weights,
+                                       output_dtype, bounds_check);
+  check_cuda(packed, "packed");
+  check_table_count(s.T);
+  c10::cuda::CUDAGuard guard(packed.device());
+  auto out = at::empty({s.B, s.total_D}, packed.options().dtype(output_dtype));
+  const int64_t n_bags = s.T * s.B;
+  at::Tensor to;
+  if (table_offsets) to = table_offsets->to(at::kLong).contiguous();
+  const auto idx = indices.contiguous();
+  const auto off = offsets.contiguous();
+  const auto check_on_cpu = [&] {
+    check_int4_bag_values_cpu(s, packed.numel(), idx.cpu(), off.to(at::kCPU, at::kLong),
+                              table_offsets ? to.cpu() : at::Tensor());
+  };
+  if (n_bags == 0) {
+    if (s.error) check_on_cpu();
+    return out;
+  }
+  TableParams tp{};
+  tp.T = static_cast<int32_t>(s.T);
+  int64_t blocks = 0;
+  for (int64_t t = 0; t < s.T; ++t) {
+    tp.D[t] = static_cast<int32_t>(s.D[t]);
+    tp.col[t] = static_cast<int32_t>(s.D_offsets[t]);
+    tp.row_bytes[t] = static_cast<int32_t>(s.row_bytes[t]);
+    tp.block_start[t] = static_cast<int32_t>(blocks);
+    blocks += blocks_for(s.B * (s.row_bytes[t] / 16));
+  }
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "int4_embedding_bag: batch too large for one launch (", blocks, " blocks)");
+  tp.block_start[s.T] = static_cast<int32_t>(blocks);
+  at::Tensor psw;
+  if (per_sample_weights) psw = per_sample_weights->to(at::kFloat).contiguous();
+  at::Tensor err;
+  if (s.error) err = at::zeros({1}, packed.options().dtype(at::kInt));
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "int4_embedding_bag_cuda", [&] {
+    using idx_t = index_t;
+    AT_DISPATCH_INDEX_TYPES(off.scalar_type(), "int4_embedding_bag_cuda_offsets", [&] {
+      using off_t = index_t;
+      const auto launch = [&](auto out_tag) {
+        using out_t = decltype(out_tag);
+        int4_bag_kernel<idx_t, off_t, out_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            packed.const_data_ptr<uint8_t>(), packed.numel(), idx.const_data_ptr<idx_t>(),
+            off.const_data_ptr<off_t>(), table_offsets ? to.const_data_ptr<int64_t>() : nullptr,
+            per_sample_weights ? psw.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<out_t>(),
+            s.total_D, s.N, s.B, s.uniform, s.mean, s.error, s.error ? err.mutable_data_ptr<int>() : nullptr, tp);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (output_dtype == at::kFloat) launch(float{});
+      else if (output_dtype == at::kHalf) launch(c10::Half{});
+      else launch(c10::BFloat16{});
+    });
+  });
+  if (s.error) raise_if_flagged(err, "int4_embedding_bag", check_on_cpu);
+  return out;
+}
+
+}  // namespace
+}  // namespace int4_cuda
+
+TORCH_LIBRARY_IMPL(recsys, CUDA, m) {
+  m.impl("quantize_int4_rows", &int4_cuda::quantize_int4_rows_cuda);
+  m.impl("dequantize_int4_rows", &int4_cuda::dequantize_int4_rows_cuda);
+  m.impl("int4_embedding_bag", &int4_cuda::int4_embedding_bag_cuda);
+}
+
+}  // namespace recsys

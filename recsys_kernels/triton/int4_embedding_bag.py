@@ -1,0 +1,361 @@
+"""INT4 rows (FBGEMM TBE layout) in Triton: ``recsys::quantize_int4_rows_triton``,
+``recsys::dequantize_int4_rows_triton`` and the TBE-style lookup ``recsys::int4_embedding_bag_triton``.
+
+Layout and semantics: recsys_kernels/reference/int4_embedding_bag.py. Row-wise 4-bit quantization with fp16
+scale and bias is FBGEMM's fused N-bit rowwise format (Khudia et al., 2021).
+
+Lookup: one program per bag (t, b) of the T*B table-major bags. A row of row_bytes(D) bytes is read as
+row_bytes/4 32-bit words straight from the 16-byte-aligned row start (word 0 holds the fp16 scale and
+bias, read separately through an fp16 view; words 1.. hold 8 codes each, low nibble first), BLOCK_L rows of
+the bag at a time, so every row is a few wide loads. Codes are expanded to a (BLOCK_L, WORDS, 8) tile, q *
+scale + bias in float32, optionally times the per-sample weight, summed over the rows and accumulated in
+float32; code (w - 1) * 8 + j is output column j of word w. The QAT kernel
+(recsys_kernels/triton/qat_embedding_bag.py) pools with the same tile shapes, so converted tables give
+bit-identical results.
+
+bounds_check="error": every program checks its bag's offsets, its table's table_offsets entries and its
+indices, and raises a flag; the host reads the flag once after the launch (one device sync) and, when set,
+re-runs the reference's checks for the detailed message. "ignore": no flag and no sync; bad indices
+contribute zero and offsets are clamped into [0, N].
+
+Rounding to nearest even uses (y + 1.5 * 2**23) - 1.5 * 2**23 on values clamped to the code range first
+(exact for |y| < 2**22, and the same as FBGEMM's clamp(lrintf(y)); libdevice.rint has no interpreter
+implementation); divisions use div_rn so scales match the C++ kernels bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op, wrap_triton
+from triton.runtime.jit import JITFunction
+
+from recsys_kernels.reference import int4_embedding_bag as reference
+from recsys_kernels.reference.int4_embedding_bag import row_bytes
+
+__all__ = ["dequantize_int4_rows_triton", "int4_embedding_bag_triton", "quantize_int4_rows_triton"]
+
+@triton.jit
+def _rint(y):
+    """Round to nearest even for |y| < 2**22."""
+    return (y + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _half(x):
+    return x.to(tl.float16).to(tl.float32)
+
+
+@triton.jit
+def _to_out(x, dtype: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """float32 -> output dtype, round to nearest even. The interpreter truncates fp32 -> bf16, so there the
+    rounding is done on the bits first (the cast is then exact). Never taken on a GPU."""
+    if ROUND_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _row_params(mn, mx):
+    """(scale, bias, inv) of rows with minimum mn and maximum mx (vectors), FBGEMM's corner cases included."""
+    bias = _half(mn)
+    rng = mx - bias
+    scale = _half(tl.where(rng == 0.0, 1.0, tl.math.div_rn(rng, tl.full(rng.shape, 15.0, tl.float32))))
+    scale = tl.where(scale == 0.0, 1.0, scale)
+    inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+    overflow = (inv == float("inf")) | (inv == float("-inf"))
+    return tl.where(overflow, 1.0, scale), bias, tl.where(overflow, 1.0, inv)
+
+
+@triton.jit
+def _code(x, bias, inv):
+    return _rint(tl.minimum(tl.maximum((x - bias) * inv, 0.0), 15.0))
+
+
+@triton.jit(do_not_specialize=["E", "D", "RB", "s_we"])
+def _quantize_kernel(w_ptr, out_ptr, out_half_ptr, E, D, RB, s_we, s_wd,
+                     BLOCK_E: tl.constexpr, HALF: tl.constexpr, PAD: tl.constexpr):
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    k = tl.arange(0, HALF)
+    em = e < E
+    km = k < D // 2
+    m = em[:, None] & km[None, :]
+    row = w_ptr + e.to(tl.int64)[:, None] * s_we
+    lo = tl.load(row + (2 * k)[None, :] * s_wd, mask=m, other=0.0).to(tl.float32)
+    hi = tl.load(row + (2 * k + 1)[None, :] * s_wd, mask=m, other=0.0).to(tl.float32)
+    mn = tl.min(tl.where(m, tl.minimum(lo, hi), float("inf")), axis=1)
+    mx = tl.max(tl.where(m, tl.maximum(lo, hi), float("-inf")), axis=1)
+    mn = tl.where(em, mn, 0.0)  # rows past E: finite qparams, no inf - inf
+    mx = tl.where(em, mx, 0.0)
+    scale, bias, inv = _row_params(mn, mx)
+    q_lo = _code(lo, bias[:, None], inv[:, None]).to(tl.int32)
+    q_hi = _code(hi, bias[:, None], inv[:, None]).to(tl.int32)
+    byte = (q_lo | (q_hi << 4)).to(tl.uint8)
+    base = e.to(tl.int64) * RB
+    tl.store(out_ptr + base[:, None] + 4 + k[None, :], byte, mask=m)
+    tl.store(out_half_ptr + base // 2, scale.to(tl.float16), mask=em)
+    tl.store(out_half_ptr + base // 2 + 1, bias.to(tl.float16), mask=em)
+    p = tl.arange(0, PAD)
+    pad_at = 4 + D // 2 + p
+    tl.store(out_ptr + base[:, None] + pad_at[None, :], tl.zeros((BLOCK_E, PAD), tl.uint8),
+             mask=em[:, None] & (pad_at < RB)[None, :])
+
+
+@triton.jit(do_not_specialize=["E", "D", "RB"])
+def _dequantize_kernel(packed_ptr, half_ptr, out_ptr, E, D, RB, BLOCK_E: tl.constexpr, HALF: tl.constexpr,
+                       ROUND_BF16: tl.constexpr):
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    k = tl.arange(0, HALF)
+    em = e < E
+    m = em[:, None] & (k < D // 2)[None, :]
+    base = e.to(tl.int64) * RB
+    scale = tl.load(half_ptr + base // 2, mask=em, other=0.0).to(tl.float32)
+    bias = tl.load(half_ptr + base // 2 + 1, mask=em, other=0.0).to(tl.float32)
+    byte = tl.load(packed_ptr + base[:, None] + 4 + k[None, :], mask=m, other=0).to(tl.int32)
+    lo = (byte & 15).to(tl.float32) * scale[:, None] + bias[:, None]
+    hi = (byte >> 4).to(tl.float32) * scale[:, None] + bias[:, None]
+    vals = _to_out(tl.interleave(lo, hi), out_ptr.dtype.element_ty, ROUND_BF16)
+    c = tl.arange(0, 2 * HALF)
+    tl.store(out_ptr + e.to(tl.int64)[:, None] * D + c[None, :], vals, mask=em[:, None] & (c < D)[None, :])
+
+
+@triton.jit
+def _table_extent(to_ptr, meta_ptr, t, rb, total, HAS_TO: tl.constexpr, UNIFORM: tl.constexpr):
+    """(rows, first byte, table_offsets broken) of table t; tables lie back to back in the storage."""
+    if HAS_TO:
+        lo = tl.load(to_ptr + t).to(tl.int64)
+        hi = tl.load(to_ptr + t + 1).to(tl.int64)
+        rows = tl.maximum(hi - lo, 0)
+        if UNIFORM:
+            base = lo * rb
+        else:
+            base = lo * 0
+            for u in range(0, t):
+                ru = tl.maximum(tl.load(to_ptr + u + 1).to(tl.int64) - tl.load(to_ptr + u).to(tl.int64), 0)
+                base += ru * tl.load(meta_ptr + 3 * u + 2)
+        first = tl.load(to_ptr).to(tl.int64)
+        broken = (hi < lo) | (first != 0) | (base + rows * rb > total)
+    else:
+        rows = total // rb
+        base = rows * 0
+        broken = rows < 0
+    return rows, base, broken
+
+
+@triton.jit
+def _bag_range(off_ptr, k, n_bags, N, CHECK: tl.constexpr):
+    """Clamped [start, stop) of bag k, and whether its offsets are invalid."""
+    o0 = tl.load(off_ptr + k).to(tl.int64)
+    o1 = tl.load(off_ptr + k + 1).to(tl.int64)
+    start = tl.minimum(tl.maximum(o0, 0), N)
+    stop = tl.minimum(tl.maximum(o1, start), N)
+    bad = o1 < o0
+    if CHECK:
+        bad = bad | ((k == 0) & (o0 != 0)) | ((k == n_bags - 1) & (o1 != N))
+    return start, stop, bad
+
+
+# Sizes are not specialised on (divisibility by 16, == 1): one compiled variant serves every batch.
+@triton.jit(do_not_specialize=["N", "B", "n_bags", "total", "out_stride"])
+def _int4_bag_kernel(words_ptr, half_ptr, idx_ptr, off_ptr, to_ptr, meta_ptr, psw_ptr, out_ptr, err_ptr,
+                     N, B, n_bags, total, out_stride,
+                     HAS_TO: tl.constexpr, UNIFORM: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr,
+                     CHECK: tl.constexpr, BLOCK_L: tl.constexpr, WORDS: tl.constexpr, ROUND_BF16: tl.constexpr):
+    k = tl.program_id(0).to(tl.int64)
+    t = k // B
+    b = k - t * B
+    D = tl.load(meta_ptr + 3 * t)
+    col = tl.load(meta_ptr + 3 * t + 1)
+    rb = tl.load(meta_ptr + 3 * t + 2)
+    rows, base, broken = _table_extent(to_ptr, meta_ptr, t, rb, total, HAS_TO, UNIFORM)
+    start, stop, bad_bag = _bag_range(off_ptr, k, n_bags, N, CHECK)
+    w = tl.arange(0, WORDS)
+    j = tl.arange(0, 8)
+    shifts = 4 * j
+    acc = tl.zeros((WORDS, 8), tl.float32)
+    n_bad = (broken | bad_bag).to(tl.int32)
+    for p0 in range(start, stop, BLOCK_L):
+        p = p0 + tl.arange(0, BLOCK_L)
+        pm = p < stop
+        r = tl.load(idx_ptr + p, mask=pm, other=0).to(tl.int64)
+        at = base + r * rb
+        valid = pm & (r >= 0) & (r < rows) & (at >= 0) & (at + rb <= total)
+        if CHECK:
+            n_bad += tl.sum((pm & ~valid).to(tl.int32), axis=0)
+        at = tl.where(valid, at, 0)
+        # Rows start on 16-byte boundaries and span whole 16-byte units: 128-bit loads.
+        row_word = tl.multiple_of(at // 4, 4)
+        word = tl.load(words_ptr + row_word[:, None] + w[None, :],
+                       mask=valid[:, None] & ((w[None, :] // 4) < rb // 16), other=0).to(tl.uint32, bitcast=True)
+        scale = tl.load(half_ptr + at // 2, mask=valid, other=0.0).to(tl.float32)
+        bias = tl.load(half_ptr + at // 2 + 1, mask=valid, other=0.0).to(tl.float32)
+        q = ((word[:, :, None] >> shifts[None, None, :]) & 15).to(tl.float32)
+        v = q * scale[:, None, None] + bias[:, None, None]
+        if HAS_PSW:
+            v = tl.load(psw_ptr + p, mask=valid, other=0.0).to(tl.float32)[:, None, None] * v
+        acc += tl.sum(tl.where(valid[:, None, None], v, 0.0), axis=0)
+    if MEAN:
+        acc = acc / tl.maximum(stop - start, 1).to(tl.float32)
+    c = (w[:, None] - 1) * 8 + j[None, :]
+    tl.store(out_ptr + b * out_stride + col + c, _to_out(acc, out_ptr.dtype.element_ty, ROUND_BF16),
+             mask=(w[:, None] >= 1) & (c < D))
+    if CHECK:
+        if n_bad > 0:
+            tl.atomic_max(err_ptr, n_bad)
+
+
+# TRITON_INTERPRET=1 at import makes @triton.jit return interpreted (CPU, numpy) functions instead.
+_INTERPRETED = not isinstance(_int4_bag_kernel, JITFunction)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _round_bf16(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and _INTERPRETED
+
+
+def _no_data(t: torch.Tensor) -> bool:
+    """No memory to run a kernel on: meta tensors, and fake tensors under the interpreter (see dot_interaction)."""
+    return t.device.type == "meta" or (_INTERPRETED and is_fake(t))
+
+
+def _check_device(t: torch.Tensor, name: str) -> None:
+    if t.device.type not in ("cuda", "meta") and not _INTERPRETED:
+        raise ValueError(f"{name}: the Triton INT4 kernels need CUDA tensors (or TRITON_INTERPRET=1 set before "
+                         f"import), got device {t.device}")
+
+
+_META_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def table_meta(D: list[int], device: torch.device) -> torch.Tensor:
+    """(T, 3) int64 [D, first output column, row_bytes] per table, cached per device outside tracing."""
+    key = (tuple(D), str(device))
+    cached = _META_CACHE.get(key)
+    if cached is not None:
+        return cached
+    cols = [0]
+    for d in D[:-1]:
+        cols.append(cols[-1] + d)
+    meta = torch.tensor([[d, c, row_bytes(d)] for d, c in zip(D, cols)], dtype=torch.int64, device=device)
+    if not torch.compiler.is_compiling() and not is_fake(meta) and len(_META_CACHE) < 256:
+        _META_CACHE[key] = meta
+    return meta
+
+
+def raise_if_flagged(err: torch.Tensor, check) -> None:
+    """One sync: when a kernel flagged bad input, re-run the reference's checks for the detailed message.
+    Skipped for fake tensors (shape propagation); the ops stay opaque in compiled graphs (below), so compiled
+    code runs this with real tensors."""
+    if is_fake(err) or err.device.type == "meta":
+        return
+    if int(err.item()):
+        check()
+        raise RuntimeError("int4 embedding bag: the kernel flagged invalid indices, offsets or table_offsets")
+
+
+@triton_op("recsys::quantize_int4_rows_triton", mutates_args=())
+def quantize_int4_rows_triton(weight: torch.Tensor) -> torch.Tensor:
+    """weight (E, D) float32|float16|bfloat16, D even -> (E, row_bytes(D)) uint8 INT4 rows."""
+    reference.check_quantize_inputs(weight)
+    _check_device(weight, "weight")
+    E, D = weight.shape
+    rb = row_bytes(D)
+    out = torch.empty((E, rb), dtype=torch.uint8, device=weight.device)
+    if E == 0 or _no_data(out):
+        return out
+    w = weight if weight.dtype != torch.float64 else weight.to(torch.float32)
+    half = _next_pow2(D // 2)
+    block_e = max(1, min(64, 2048 // half))
+    wrap_triton(_quantize_kernel)[(triton.cdiv(E, block_e),)](
+        w, out, out.view(torch.float16), E, D, rb, w.stride(0), w.stride(1),
+        BLOCK_E=block_e, HALF=half, PAD=16)
+    return out
+
+
+@triton_op("recsys::dequantize_int4_rows_triton", mutates_args=())
+def dequantize_int4_rows_triton(packed: torch.Tensor, D: int, dtype: torch.dtype) -> torch.Tensor:
+    """packed (E, row_bytes(D)) uint8 -> (E, D) in dtype (float32 arithmetic)."""
+    reference.check_dequantize_inputs(packed, D, dtype)
+    _check_device(packed, "packed")
+    E = packed.shape[0]
+    out = torch.empty((E, D), dtype=dtype, device=packed.device)
+    if E == 0 or _no_data(out):
+        return out
+    p = packed.contiguous()
+    half = _next_pow2(D // 2)
+    block_e = max(1, min(64, 2048 // half))
+    wrap_triton(_dequantize_kernel)[(triton.cdiv(E, block_e),)](
+        p, p.view(torch.float16), out, E, D, row_bytes(D), BLOCK_E=block_e, HALF=half,
+        ROUND_BF16=_round_bf16(dtype))
+    return out
+
+
+def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
+    """(BLOCK_L, WORDS, num_warps): rows per step and 32-bit words per row tile (a power of two >= row_bytes/4).
+    Tiles of at most 2048 codes; one row a step when bags hold about one row (Criteo L = 1). Two buckets only,
+    so few compiled variants (untuned: a starting point for the H100 measurements)."""
+    words = _next_pow2(max_row_bytes // 4)
+    block_l = 1 if avg_len < 1.5 else max(1, min(8, 2048 // (words * 8)))
+    return block_l, words, 4 if words * 8 * block_l >= 2048 else 2
+
+
+@triton_op("recsys::int4_embedding_bag_triton", mutates_args=())
+def int4_embedding_bag_triton(packed: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, D: list[int],
+                              table_offsets: torch.Tensor | None, pooling: str,
+                              per_sample_weights: torch.Tensor | None, output_dtype: torch.dtype,
+                              bounds_check: str) -> torch.Tensor:
+    """TBE-style INT4 lookup (layout: recsys_kernels/reference/int4_embedding_bag.py) -> (B, sum D)."""
+    D = list(D)
+    T, B = reference.check_bag_inputs(packed, indices, offsets, D, table_offsets, pooling, per_sample_weights,
+                                      output_dtype, bounds_check)
+    if output_dtype == torch.float64:
+        raise ValueError("output_dtype must be float32, float16 or bfloat16, got torch.float64")
+    _check_device(packed, "packed")
+    out = torch.empty((B, sum(D)), dtype=output_dtype, device=packed.device)
+    check = bounds_check == "error"
+    n_bags, N = T * B, indices.shape[0]
+    if _no_data(out):
+        return out
+    if n_bags == 0:
+        if check and reference.reads_values(indices):
+            reference.check_bag_values(packed, indices, offsets, D, table_offsets, B)
+        return out
+    err = torch.zeros(1, dtype=torch.int32, device=packed.device)
+    flat = packed.reshape(-1)
+    words = flat[: flat.numel() // 4 * 4].view(torch.int32)
+    halfs = flat[: flat.numel() // 2 * 2].view(torch.float16)
+    block_l, n_words, num_warps = bag_config(max(row_bytes(d) for d in D), N / n_bags)
+    wrap_triton(_int4_bag_kernel)[(n_bags,)](
+        words, halfs, indices, offsets, table_offsets if table_offsets is not None else offsets,
+        table_meta(D, packed.device), per_sample_weights if per_sample_weights is not None else out, out, err,
+        N, B, n_bags, flat.numel(), out.stride(0),
+        HAS_TO=table_offsets is not None, UNIFORM=len(set(D)) == 1, HAS_PSW=per_sample_weights is not None,
+        MEAN=pooling == "mean", CHECK=check, BLOCK_L=block_l, WORDS=n_words, ROUND_BF16=_round_bf16(output_dtype),
+        num_warps=num_warps)
+    if check:
+        raise_if_flagged(err, lambda: reference.check_bag_values(packed, indices, offsets, D, table_offsets, B))
+    return out
+
+
+# AOTDispatcher (torch.compile, opcheck) keeps these ops opaque instead of inlining their bodies: under the
+# interpreter because wrap_triton cannot capture interpreted kernels (the launch would vanish from the graph),
+# and the lookup always, because its bounds check reads a device flag on the host after the launch, which a
+# traced body cannot do (inlining would silently drop the check). Nothing is lost: Inductor has nothing to fuse
+# into a gather-and-reduce kernel.
+from torch._subclasses.functional_tensor import FunctionalTensorMode  # noqa: E402
+
+
+def keep_opaque(mode, op, types, args, kwargs):  # type: ignore[no-untyped-def]
+    return mode.__torch_dispatch__(op, types, args, kwargs)
+
+
+for _op in ((quantize_int4_rows_triton, dequantize_int4_rows_triton, int4_embedding_bag_triton) if _INTERPRETED
+            else (int4_embedding_bag_triton,)):
+    _op.register_torch_dispatch(FunctionalTensorMode, keep_opaque)
