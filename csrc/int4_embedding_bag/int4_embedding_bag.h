@@ -76,19 +76,19 @@ RECSYS_HOST_DEVICE float int4_table_value(float x, Int4TableParams p) {
 // ------------------------------------------------------------------------------------------------ checks
 
 inline void check_int4_D(int64_t D, const std::string& name) {
-  TORCH_CHECK(D >= 2 && D % 2 == 0, name, " must be an even number >= 2 (two INT4 codes per byte), got ", D);
+  TORCH_CHECK(D >= 2 && D % 2 == 0, name, " must be an even number >= 2 (two INT4 codes per byte), got ", fmt(D));
 }
 
 inline void check_packed_row_bytes(const at::Tensor& packed, int64_t D) {
-  TORCH_CHECK(packed.size(1) == int4_row_bytes(D), "packed has ", packed.size(1), " bytes a row, but rows of D = ", D,
-              " INT4 codes take row_bytes = ", int4_row_bytes(D), " (4 bytes of fp16 scale and bias + D/2, padded to 16)");
+  TORCH_CHECK(packed.size(1) == int4_row_bytes(D), "packed has ", fmt(packed.size(1)), " bytes a row, but rows of D = ", fmt(D),
+              " INT4 codes take row_bytes = ", fmt(int4_row_bytes(D)), " (4 bytes of fp16 scale and bias + D/2, padded to 16)");
 }
 
 inline void check_index_tensor(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name,
                                const char* shape) {
-  TORCH_CHECK(t.dim() == 1, name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.dim() == 1, name, " must have shape ", fmt(shape), ", got ", fmt(t.sizes()));
   TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, name, " must be int32 or int64, got ",
-              t.scalar_type());
+              fmt(t.scalar_type()));
   check_same_device(like, like_name, t, name);
 }
 
@@ -110,23 +110,23 @@ inline BagLayout check_bag_layout(const at::Tensor& table, const char* table_nam
   if (table_offsets) {
     check_index_tensor(*table_offsets, "table_offsets", table, table_name, "(T + 1,)");
     s.T = table_offsets->size(0) - 1;
-    TORCH_CHECK(s.T >= 1, "table_offsets must have shape (T + 1,) with T >= 1, got ", table_offsets->sizes());
+    TORCH_CHECK(s.T >= 1, "table_offsets must have shape (T + 1,) with T >= 1, got ", fmt(table_offsets->sizes()));
   }
-  TORCH_CHECK((offsets.size(0) - 1) % s.T == 0, "offsets must have T*B + 1 elements for T = ", s.T,
-              " tables, got ", offsets.size(0));
-  TORCH_CHECK(pooling == "sum" || pooling == "mean", "pooling must be 'sum' or 'mean', got '", std::string(pooling), "'");
+  TORCH_CHECK((offsets.size(0) - 1) % s.T == 0, "offsets must have T*B + 1 elements for T = ", fmt(s.T),
+              " tables, got ", fmt(offsets.size(0)));
+  TORCH_CHECK(pooling == "sum" || pooling == "mean", "pooling must be 'sum' or 'mean', got '", fmt(std::string(pooling)), "'");
   TORCH_CHECK(bounds_check == "error" || bounds_check == "ignore", "bounds_check must be 'error' or 'ignore', got '",
-              std::string(bounds_check), "'");
+              fmt(std::string(bounds_check)), "'");
   s.B = (offsets.size(0) - 1) / s.T;
   s.N = indices.size(0);
   s.mean = pooling == "mean";
   s.error = bounds_check == "error";
   if (per_sample_weights) {
     const auto& w = *per_sample_weights;
-    TORCH_CHECK(w.dim() == 1 && w.size(0) == s.N, "per_sample_weights must have shape (N,) = (", s.N, ",), got ",
-                w.sizes());
+    TORCH_CHECK(w.dim() == 1 && w.size(0) == s.N, "per_sample_weights must have shape (N,) = (", fmt(s.N), ",), got ",
+                fmt(w.sizes()));
     TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble,
-                "per_sample_weights must be float32 (or float64), got ", w.scalar_type());
+                "per_sample_weights must be float32 (or float64), got ", fmt(w.scalar_type()));
     check_same_device(table, table_name, w, "per_sample_weights");
   }
   return s;
@@ -143,15 +143,15 @@ inline Int4BagShape check_int4_bag_inputs(const at::Tensor& packed, const at::Te
                                           const std::optional<at::Tensor>& table_offsets, std::string_view pooling,
                                           const std::optional<at::Tensor>& per_sample_weights,
                                           at::ScalarType output_dtype, std::string_view bounds_check) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8 INT4 rows, got ", packed.scalar_type());
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8 INT4 rows, got ", fmt(packed.scalar_type()));
   TORCH_CHECK(packed.dim() == 1 || packed.dim() == 2, "packed must have shape (E, row_bytes) or (total_bytes,), got ",
-              packed.sizes());
+              fmt(packed.sizes()));
   TORCH_CHECK(packed.is_contiguous(), "packed must be contiguous (a table is never copied)");
   Int4BagShape s;
   static_cast<BagLayout&>(s) =
       check_bag_layout(packed, "packed", indices, offsets, table_offsets, pooling, per_sample_weights, bounds_check);
-  TORCH_CHECK(static_cast<int64_t>(D.size()) == s.T, "D must give one dimension per table: ", s.T, " tables, got ",
-              D.size(), " dims ", D);
+  TORCH_CHECK(static_cast<int64_t>(D.size()) == s.T, "D must give one dimension per table: ", fmt(s.T), " tables, got ",
+              fmt(D.size()), " dims ", fmt(D));
   s.D_offsets.push_back(0);
   for (int64_t t = 0; t < s.T; ++t) {
     check_int4_D(D[t], "D[" + std::to_string(t) + "]");
@@ -164,12 +164,12 @@ inline Int4BagShape check_int4_bag_inputs(const at::Tensor& packed, const at::Te
   }
   s.total_D = s.D_offsets.back();
   if (packed.dim() == 2) {
-    TORCH_CHECK(s.uniform, "packed (E, row_bytes) holds tables of one D; for dims ", D,
+    TORCH_CHECK(s.uniform, "packed (E, row_bytes) holds tables of one D; for dims ", fmt(D),
                 " pass the tables back to back as a flat (total_bytes,) uint8 tensor");
     check_packed_row_bytes(packed, D[0]);
   }
   TORCH_CHECK(output_dtype == at::kFloat || output_dtype == at::kHalf || output_dtype == at::kBFloat16,
-              "output_dtype must be float32, float16 or bfloat16, got ", output_dtype);
+              "output_dtype must be float32, float16 or bfloat16, got ", fmt(output_dtype));
   return s;
 }
 
@@ -178,24 +178,24 @@ inline Int4BagShape check_int4_bag_inputs(const at::Tensor& packed, const at::Te
 // offsets from 0 to N, non-decreasing (CPU data).
 template <typename offset_t>
 void check_offsets_values(const offset_t* off, int64_t n_bags, int64_t N) {
-  TORCH_CHECK(off[0] == 0 && off[n_bags] == N, "offsets must start at 0 and end at N = ", N,
-              " (the number of indices), got ", static_cast<int64_t>(off[0]), " and ", static_cast<int64_t>(off[n_bags]));
+  TORCH_CHECK(off[0] == 0 && off[n_bags] == N, "offsets must start at 0 and end at N = ", fmt(N),
+              " (the number of indices), got ", fmt(static_cast<int64_t>(off[0])), " and ", fmt(static_cast<int64_t>(off[n_bags])));
   for (int64_t k = 0; k < n_bags; ++k)
-    TORCH_CHECK(off[k] <= off[k + 1], "offsets must be non-decreasing, got ", static_cast<int64_t>(off[k]), " then ",
-                static_cast<int64_t>(off[k + 1]), " at bag ", k);
+    TORCH_CHECK(off[k] <= off[k + 1], "offsets must be non-decreasing, got ", fmt(static_cast<int64_t>(off[k])), " then ",
+                fmt(static_cast<int64_t>(off[k + 1])), " at bag ", fmt(k));
 }
 
 // table_offsets start at 0 and never decrease (CPU data); the caller checks the end against its table.
 template <typename to_t>
 void check_table_offsets_values(const to_t* to, int64_t T) {
-  TORCH_CHECK(to[0] == 0, "table_offsets must start at 0, got ", static_cast<int64_t>(to[0]));
+  TORCH_CHECK(to[0] == 0, "table_offsets must start at 0, got ", fmt(static_cast<int64_t>(to[0])));
   for (int64_t t = 0; t < T; ++t)
-    TORCH_CHECK(to[t] <= to[t + 1], "table_offsets must be non-decreasing, got ", static_cast<int64_t>(to[t]),
-                " then ", static_cast<int64_t>(to[t + 1]), " at table ", t);
+    TORCH_CHECK(to[t] <= to[t + 1], "table_offsets must be non-decreasing, got ", fmt(static_cast<int64_t>(to[t])),
+                " then ", fmt(static_cast<int64_t>(to[t + 1])), " at table ", fmt(t));
 }
 
 [[noreturn]] inline void throw_index_error(int64_t p, int64_t value, int64_t t, int64_t rows) {
-  TORCH_CHECK(false, "indices[", p, "] = ", value, " is out of range for table ", t, " with ", rows, " rows");
+  TORCH_CHECK(false, "indices[", fmt(p), "] = ", fmt(value), " is out of range for table ", fmt(t), " with ", fmt(rows), " rows");
   __builtin_unreachable();
 }
 

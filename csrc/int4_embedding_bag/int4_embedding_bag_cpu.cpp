@@ -20,7 +20,7 @@ namespace recsys {
 namespace {
 
 void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", fmt(t.device()));
 }
 
 inline void write_qparams(uint8_t* row, float scale, float bias) {
@@ -91,10 +91,10 @@ at::Tensor quantize_int4_rows_cpu(const at::Tensor& weight) {
 at::Tensor dequantize_int4_rows_cpu(const at::Tensor& packed, int64_t D, at::ScalarType dtype) {
   check_int4_D(D, "D");
   check_dim(packed, 2, "packed", "(E, row_bytes)");
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", packed.scalar_type());
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", fmt(packed.scalar_type()));
   check_packed_row_bytes(packed, D);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
-              "dtype must be float32, float16, bfloat16 (or float64), got ", dtype);
+              "dtype must be float32, float16, bfloat16 (or float64), got ", fmt(dtype));
   check_cpu(packed, "packed");
   const int64_t E = packed.size(0), rb = packed.size(1);
   auto out = at::empty({E, D}, packed.options().dtype(dtype));
@@ -159,8 +159,8 @@ void check_int4_bag_values_cpu(const Int4BagShape& s, int64_t capacity, const at
     check_table_offsets_values(top, s.T);
     int64_t need = 0;
     for (int64_t t = 0; t < s.T; ++t) need += ext[t].rows * s.row_bytes[t];
-    TORCH_CHECK(need <= capacity, "table_offsets describe ", need, " bytes of INT4 rows (dims ", c10::IntArrayRef(s.D),
-                "), but packed holds ", capacity);
+    TORCH_CHECK(need <= capacity, "table_offsets describe ", fmt(need), " bytes of INT4 rows (dims ", fmt(c10::IntArrayRef(s.D)),
+                "), but packed holds ", fmt(capacity));
   }
   check_offsets_values(offp, s.T * s.B, s.N);
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "check_int4_bag_values_cpu", [&] {

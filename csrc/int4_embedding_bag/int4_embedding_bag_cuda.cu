@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", fmt(t.device()));
 }
 
 int64_t blocks_for(int64_t threads) { return (threads + kThreads - 1) / kThreads; }
@@ -216,10 +216,10 @@ at::Tensor quantize_int4_rows_cuda(const at::Tensor& weight) {
 at::Tensor dequantize_int4_rows_cuda(const at::Tensor& packed, int64_t D, at::ScalarType dtype) {
   check_int4_D(D, "D");
   check_dim(packed, 2, "packed", "(E, row_bytes)");
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", packed.scalar_type());
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", fmt(packed.scalar_type()));
   check_packed_row_bytes(packed, D);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
-              "dtype must be float32, float16, bfloat16 (or float64), got ", dtype);
+              "dtype must be float32, float16, bfloat16 (or float64), got ", fmt(dtype));
   check_cuda(packed, "packed");
   c10::cuda::CUDAGuard guard(packed.device());
   const int64_t E = packed.size(0);
@@ -267,7 +267,7 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
     tp.block_start[t] = static_cast<int32_t>(blocks);
     blocks += blocks_for(s.B * (s.row_bytes[t] / 16));
   }
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "int4_embedding_bag: batch too large for one launch (", blocks, " blocks)");
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "int4_embedding_bag: batch too large for one launch (", fmt(blocks), " blocks)");
   tp.block_start[s.T] = static_cast<int32_t>(blocks);
   at::Tensor psw;
   if (per_sample_weights) psw = per_sample_weights->to(at::kFloat).contiguous();

@@ -30,7 +30,7 @@ struct TableParams {
 };
 
 inline void check_table_count(int64_t T) {
-  TORCH_CHECK(T <= kMaxTables, "the CUDA INT4/QAT kernels take at most ", kMaxTables, " tables per call, got ", T,
+  TORCH_CHECK(T <= kMaxTables, "the CUDA INT4/QAT kernels take at most ", fmt(kMaxTables), " tables per call, got ", fmt(T),
               "; split the tables over several calls");
 }
 
@@ -85,8 +85,8 @@ void raise_if_flagged(const at::Tensor& err, const char* op, Check&& check_on_cp
   const int bits = err.item<int>();
   if (bits == 0) return;
   check_on_cpu();
-  TORCH_CHECK(false, op, ": the kernel flagged invalid ",
-              (bits & kBadTableOffsets) ? "table_offsets" : (bits & kBadOffsets) ? "offsets" : "indices");
+  TORCH_CHECK(false, fmt(op), ": the kernel flagged invalid ",
+              fmt((bits & kBadTableOffsets) ? "table_offsets" : (bits & kBadOffsets) ? "offsets" : "indices"));
 }
 
 }  // namespace int4_cuda

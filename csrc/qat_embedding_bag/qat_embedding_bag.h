@@ -18,23 +18,23 @@ inline QatShape check_qat_inputs(const at::Tensor& weight, const at::Tensor& ind
                                  const std::optional<at::Tensor>& table_scale, std::string_view bounds_check) {
   check_dim(weight, 2, "weight", "(E, D)");
   TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble,
-              "weight must be float32 (float64 for tests), got ", weight.scalar_type());
-  TORCH_CHECK(weight.size(0) >= 1, "weight must have at least one row, got ", weight.sizes());
+              "weight must be float32 (float64 for tests), got ", fmt(weight.scalar_type()));
+  TORCH_CHECK(weight.size(0) >= 1, "weight must have at least one row, got ", fmt(weight.sizes()));
   TORCH_CHECK(weight.size(1) >= 2 && weight.size(1) % 2 == 0,
-              "weight's D must be an even number >= 2 (INT4 rows pack two codes a byte), got D = ", weight.size(1));
+              "weight's D must be an even number >= 2 (INT4 rows pack two codes a byte), got D = ", fmt(weight.size(1)));
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous (a table is never copied)");
   QatShape s;
   static_cast<BagLayout&>(s) =
       check_bag_layout(weight, "weight", indices, offsets, table_offsets, pooling, per_sample_weights, bounds_check);
-  TORCH_CHECK(qparams == "row" || qparams == "table", "qparams must be 'row' or 'table', got '", std::string(qparams),
+  TORCH_CHECK(qparams == "row" || qparams == "table", "qparams must be 'row' or 'table', got '", fmt(std::string(qparams)),
               "'");
   s.table_mode = qparams == "table";
   if (s.table_mode) {
     TORCH_CHECK(table_scale.has_value(), "table_scale (T,) float32 is required with qparams='table'");
-    TORCH_CHECK(table_scale->dim() == 1 && table_scale->size(0) == s.T, "table_scale must have shape (T,) = (", s.T,
-                ",), got ", table_scale->sizes());
+    TORCH_CHECK(table_scale->dim() == 1 && table_scale->size(0) == s.T, "table_scale must have shape (T,) = (", fmt(s.T),
+                ",), got ", fmt(table_scale->sizes()));
     TORCH_CHECK(table_scale->scalar_type() == at::kFloat, "table_scale must be float32, got ",
-                table_scale->scalar_type());
+                fmt(table_scale->scalar_type()));
     check_same_device(weight, "weight", *table_scale, "table_scale");
   }
   s.E = weight.size(0);
@@ -48,13 +48,13 @@ inline QatShape check_qat_backward_inputs(const at::Tensor& grad_output, const a
                                           const std::optional<at::Tensor>& per_sample_weights, int64_t num_rows) {
   check_dim(grad_output, 2, "grad_output", "(B, T*D)");
   TORCH_CHECK(grad_output.scalar_type() == at::kFloat || grad_output.scalar_type() == at::kDouble,
-              "grad_output must be float32 (or float64), got ", grad_output.scalar_type());
+              "grad_output must be float32 (or float64), got ", fmt(grad_output.scalar_type()));
   QatShape s;
   static_cast<BagLayout&>(s) = check_bag_layout(grad_output, "grad_output", indices, offsets, table_offsets, pooling,
                                                 per_sample_weights, "error");
   TORCH_CHECK(grad_output.size(0) == s.B && grad_output.size(1) % s.T == 0 && grad_output.size(1) / s.T >= 2,
-              "grad_output must have shape (B, T*D) = (", s.B, ", ", s.T, "*D), got ", grad_output.sizes());
-  TORCH_CHECK(num_rows >= 1, "num_rows must be >= 1, got ", num_rows);
+              "grad_output must have shape (B, T*D) = (", fmt(s.B), ", ", fmt(s.T), "*D), got ", fmt(grad_output.sizes()));
+  TORCH_CHECK(num_rows >= 1, "num_rows must be >= 1, got ", fmt(num_rows));
   s.E = num_rows;
   s.D = grad_output.size(1) / s.T;
   return s;

@@ -17,7 +17,7 @@ namespace recsys {
 namespace {
 
 void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", fmt(t.device()));
 }
 
 // Fake-quantized values of one master row x (D) into v, in acc_t (float, or double for float64 tests).
@@ -149,7 +149,7 @@ void check_qat_values_cpu(const QatShape& s, const at::Tensor& indices, const at
   const auto ext = table_extents(top, s.T, std::vector<int64_t>(s.T, s.D), s.E * s.D, /*contiguous_rows=*/true);
   if (top) {
     check_table_offsets_values(top, s.T);
-    TORCH_CHECK(top[s.T] <= s.E, "table_offsets end at row ", top[s.T], ", past the ", s.E, " rows of weight");
+    TORCH_CHECK(top[s.T] <= s.E, "table_offsets end at row ", fmt(top[s.T]), ", past the ", fmt(s.E), " rows of weight");
   }
   check_offsets_values(offp, s.T * s.B, s.N);
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "check_qat_values_cpu", [&] {

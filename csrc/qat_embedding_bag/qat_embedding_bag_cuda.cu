@@ -161,14 +161,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got ", fmt(t.device()));
 }
 
 int64_t blocks_for(int64_t threads) { return (threads + kThreads - 1) / kThreads; }
 
 template <typename F>
 void dispatch_cols(int64_t D, F&& f) {
-  TORCH_CHECK(D <= kMaxD, "the CUDA QAT kernel takes D <= ", kMaxD, ", got D = ", D);
+  TORCH_CHECK(D <= kMaxD, "the CUDA QAT kernel takes D <= ", fmt(kMaxD), ", got D = ", fmt(D));
   const int64_t cols = (D + 31) / 32;
   if (cols <= 1) f(std::integral_constant<int, 1>{});
   else if (cols <= 2) f(std::integral_constant<int, 2>{});
@@ -186,7 +186,7 @@ at::Tensor qat_embedding_bag_cuda(const at::Tensor& weight, const at::Tensor& in
                                   table_scale, bounds_check);
   check_cuda(weight, "weight");
   TORCH_CHECK(weight.scalar_type() == at::kFloat, "weight must be float32 for the CUDA kernel (float64: use the CPU "
-              "or reference backend), got ", weight.scalar_type());
+              "or reference backend), got ", fmt(weight.scalar_type()));
   c10::cuda::CUDAGuard guard(weight.device());
   auto out = at::empty({s.B, s.T * s.D}, weight.options());
   const int64_t n_bags = s.T * s.B;
@@ -229,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor> qat_embedding_bag_backward_cuda(
                                            num_rows);
   check_cuda(grad_output, "grad_output");
   TORCH_CHECK(grad_output.scalar_type() == at::kFloat, "grad_output must be float32 for the CUDA kernel, got ",
-              grad_output.scalar_type());
+              fmt(grad_output.scalar_type()));
   c10::cuda::CUDAGuard guard(grad_output.device());
   const int64_t n_bags = s.T * s.B;
   if (n_bags == 0 || s.N == 0) {
