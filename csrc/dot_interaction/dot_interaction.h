@@ -10,12 +10,8 @@
 #include <string_view>
 
 #include "common/checks.h"
+#include "common/host_device.h"
 
-#if defined(__CUDACC__)
-#define RECSYS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define RECSYS_HOST_DEVICE inline
-#endif
 
 namespace recsys {
 

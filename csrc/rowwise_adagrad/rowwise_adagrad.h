@@ -17,14 +17,8 @@
 #include <string_view>
 
 #include "common/checks.h"
+#include "common/host_device.h"
 
-#ifndef RECSYS_HOST_DEVICE
-#if defined(__CUDACC__)
-#define RECSYS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define RECSYS_HOST_DEVICE inline
-#endif
-#endif
 
 namespace recsys {
 
