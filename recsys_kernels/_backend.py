@@ -25,6 +25,9 @@ import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
+# CUDA C++ before Triton on GPUs, for every op that has both. Measured for dot_interaction (H100, RESULTS.md:
+# CUDA 1.05-1.44x faster than Triton at the benchmark shapes); not yet measured for the other ops.
+#
 # op name -> module that registers its Triton ops (imported only when Triton is chosen or probed).
 TRITON_MODULES: dict[str, str] = {
     "dot_interaction": "recsys_kernels.triton.dot_interaction",
