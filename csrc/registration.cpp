@@ -38,4 +38,19 @@ TORCH_LIBRARY(recsys, m) {
   m.def("qat_embedding_bag_backward(Tensor grad_output, Tensor indices, Tensor offsets, Tensor? table_offsets, "
         "str pooling, Tensor? per_sample_weights, int num_rows) -> (Tensor, Tensor)");
 
+  // Jagged helpers (recsys_kernels/reference/jagged.py): offsets (B + 1,) int32|int64 start at 0, never
+  // decrease, end <= L. The two copies are each other's adjoint (each one's backward is the other).
+  m.def("lengths_to_offsets(Tensor lengths) -> Tensor");
+  m.def("jagged_to_padded_dense(Tensor values, Tensor offsets, int max_len, float padding_value=0.) -> Tensor");
+  m.def("padded_dense_to_jagged(Tensor dense, Tensor offsets, int total_len) -> Tensor");
+
+  // Jagged HSTU attention (recsys_kernels/ops/hstu_attention.py): q, k (L, H, Dqk), v (L, H, Dv) -> (L, H, Dv).
+  // The backward returns (dq, dk, dv, d_pos_bias, d_time_bias); a bias gradient is (0,) when its table is None.
+  m.def("hstu_attention(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, int max_seq_len, float alpha, "
+        "bool causal=True, Tensor? num_targets=None, int contextual_seq_len=0, int max_attn_len=0, "
+        "Tensor? timestamps=None, Tensor? pos_bias=None, Tensor? time_bias=None, str time_bucket=\"log\") -> Tensor");
+  m.def("hstu_attention_backward(Tensor grad_output, Tensor q, Tensor k, Tensor v, Tensor seq_offsets, "
+        "int max_seq_len, float alpha, bool causal, Tensor? num_targets, int contextual_seq_len, int max_attn_len, "
+        "Tensor? timestamps, Tensor? pos_bias, Tensor? time_bias, str time_bucket) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -37,6 +37,10 @@ TRITON_MODULES: dict[str, str] = {
     "dequantize_int4_rows": "recsys_kernels.triton.int4_embedding_bag",
     "int4_embedding_bag": "recsys_kernels.triton.int4_embedding_bag",
     "qat_embedding_bag": "recsys_kernels.triton.qat_embedding_bag",
+    "lengths_to_offsets": "recsys_kernels.triton.jagged",
+    "jagged_to_padded_dense": "recsys_kernels.triton.jagged",
+    "padded_dense_to_jagged": "recsys_kernels.triton.jagged",
+    "hstu_attention": "recsys_kernels.triton.hstu_attention",
 }
 OPS = tuple(TRITON_MODULES)
 

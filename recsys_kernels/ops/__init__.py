@@ -12,6 +12,8 @@ from recsys_kernels.ops.int4_embedding_bag import (
     quantize_int4_rows,
 )
 from recsys_kernels.ops.qat_embedding_bag import qat_embedding_bag, table_scales
+from recsys_kernels.ops.hstu_attention import hstu_attention
+from recsys_kernels.ops.jagged import jagged_to_padded_dense, lengths_to_offsets, padded_dense_to_jagged
 from recsys_kernels.ops.rowwise_adagrad import (
     embedding_bag_backward_rowwise_adagrad_,
     embedding_bag_rowwise_adagrad,
@@ -20,4 +22,5 @@ from recsys_kernels.ops.rowwise_adagrad import (
 
 __all__ = ["dot_interaction", "embedding_bag_backward_rowwise_adagrad_", "embedding_bag_rowwise_adagrad",
            "rowwise_adagrad_update_", "concat_int4_tables", "dequantize_int4_rows", "int4_embedding_bag",
-           "qat_embedding_bag", "quantize_int4_rows", "table_scales"]
+           "qat_embedding_bag", "quantize_int4_rows", "table_scales",
+           "jagged_to_padded_dense", "lengths_to_offsets", "padded_dense_to_jagged", "hstu_attention"]

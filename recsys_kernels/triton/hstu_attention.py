@@ -1,0 +1,467 @@
+"""Jagged HSTU attention in Triton: ``recsys::hstu_attention_triton`` and its backward.
+
+Algorithm: HSTU pointwise attention (Zhai et al., ICML 2024, "Actions Speak Louder than Words"), tiled
+as in FlashAttention (Dao et al. 2022) but with no softmax, so the forward needs no running max or
+normaliser: per (query block, sequence, head) program, O = Σ over key blocks of (SiLU(αQKᵀ + R)/N ⊙ M) V.
+The relative bias R is computed per tile inside the kernel from the timestamps and the two tables (one
+gather each), never materialised. Head dims are padded inside the kernel to a power of two >= 16 by masked
+loads (zeros add nothing to the dot products), so 25 or 50 work without the caller padding. Causal masks
+without a contextual prefix skip the key blocks past the diagonal.
+
+Backward, deterministic (no atomics): one kernel per key block accumulates dK and dV over the query
+blocks; another per query block accumulates dQ over the key blocks and, with a bias, writes per-tile
+partial bias gradients (pos: the tile's 2·BLK-1 diagonal sums; time: a per-program bucket histogram
+weighted by dS, over only the bucket chunks the tile touches; both by one-hot reductions) into buffers that torch reduces in a fixed order.
+The bias-gradient path uses 16 x 16 tiles (its one-hot reductions grow with the tile): correct first;
+faster variants are future work.
+
+float32 dot products use "tf32x3" (about fp32-accurate); float64 (gradcheck) uses IEEE. Under
+TRITON_INTERPRET=1, fp16/bf16 tiles are widened to fp32 after loading (the interpreter's bf16 is raw bits).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import triton_op, wrap_triton
+from triton.runtime.jit import JITFunction
+
+from recsys_kernels.reference.hstu_attention import check_inputs
+
+__all__ = ["hstu_attention_triton", "hstu_attention_triton_backward"]
+
+BIAS_BLOCK = 16
+
+
+@triton.jit
+def _dot(a, b, acc):
+    if a.dtype == tl.float64:
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
+    elif a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="tf32x3")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _zeros(M: tl.constexpr, N: tl.constexpr, like_ptr):
+    if like_ptr.dtype.element_ty == tl.float64:
+        return tl.zeros((M, N), dtype=tl.float64)
+    else:
+        return tl.zeros((M, N), dtype=tl.float32)
+
+
+@triton.jit
+def _load_rows(ptr, rows, n, s_l, col, D, UPCAST: tl.constexpr):
+    """(len(rows), len(col)) tile of one head of a (L, H, D) tensor at ``ptr`` (head offset applied)."""
+    x = tl.load(ptr + rows[:, None].to(tl.int64) * s_l + col[None, :], mask=(rows < n)[:, None] & (col < D)[None, :],
+                other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _to_out(x, dtype: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """Round to the output dtype (nearest even); the interpreter truncates fp32 -> bf16, so round the bits."""
+    if ROUND_BF16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _ids(x, C, limit, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr):
+    if HAS_CTX:
+        x = tl.maximum(x - C + 1, 0)
+    if TARGETS:
+        x = tl.minimum(x, limit)
+    return x
+
+
+@triton.jit
+def _valid(rows, cols, n, C, W, limit, CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr,
+           HAS_WINDOW: tl.constexpr):
+    """generative-recommenders' _get_valid_attn_mask on a (rows x cols) tile, positions past n masked."""
+    ii = _ids(rows, C, limit, TARGETS, HAS_CTX)[:, None]
+    jj = _ids(cols, C, limit, TARGETS, HAS_CTX)[None, :]
+    dist = ii - jj
+    if not CAUSAL:
+        dist = tl.abs(dist)
+    ok = (rows[:, None] == cols[None, :]) | (dist > 0)
+    if HAS_WINDOW:
+        ok = ok & (dist <= W)
+    if HAS_CTX:
+        ok = ok | ((ii == 0) & (jj < limit))
+    return ok & (rows < n)[:, None] & (cols < n)[None, :]
+
+
+@triton.jit
+def _buckets(rows, cols, n, ts_ptr, NB, LOG_BUCKET: tl.constexpr):
+    """bucket(ts[min(i + 1, n - 1)] - ts[j]) on a tile (float32 math, as every backend); ts_ptr at row 0."""
+    nxt = tl.minimum(rows + 1, n - 1)
+    ti = tl.load(ts_ptr + nxt, mask=rows < n, other=0)
+    tj = tl.load(ts_ptr + cols, mask=cols < n, other=0)
+    diff = ti[:, None] - tj[None, :]
+    x = tl.where(diff < 0, -diff, diff).to(tl.float32)
+    if LOG_BUCKET:
+        b = tl.floor(tl.log(tl.maximum(x, 1.0)) / 0.301)
+    else:
+        b = tl.floor(tl.sqrt_rn(x))
+    return tl.minimum(tl.maximum(b.to(tl.int32), 0), NB)
+
+
+@triton.jit
+def _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr, time_ptr, NB, HAS_POS: tl.constexpr,
+            HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """alpha q kᵀ + R on a tile, in the accumulation dtype."""
+    s = _dot(q, tl.trans(k), _zeros(BM, BN, pos_ptr)) * alpha
+    inside = (rows < n)[:, None] & (cols < n)[None, :]
+    if HAS_POS:
+        s += tl.load(pos_ptr + (cols[None, :] - rows[:, None] + N - 1), mask=inside, other=0.0).to(s.dtype)
+    if HAS_TIME:
+        bucket = _buckets(rows, cols, n, ts_ptr, NB, LOG_BUCKET)
+        s += tl.load(time_ptr + bucket, mask=inside, other=0.0).to(s.dtype)
+    return s
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
+                s_ql, s_qh, s_kl, s_kh, s_vl, s_vh, s_ol, s_oh,
+                H, N, alpha, C, W, NB, DQK, DV,
+                CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, UPCAST: tl.constexpr,
+                ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DQK_PAD: tl.constexpr,
+                DV_PAD: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start = tl.load(offsets_ptr + b).to(tl.int64)
+    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    m0 = pid_m * BM
+    if m0 >= n:
+        return
+    limit = n
+    if HAS_CTX:
+        limit = n - C + 1
+    if TARGETS:
+        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
+    rows = m0 + tl.arange(0, BM)
+    dq = tl.arange(0, DQK_PAD)
+    dv = tl.arange(0, DV_PAD)
+    q = _load_rows(Q + start * s_ql + h * s_qh, rows, n, s_ql, dq, DQK, UPCAST)
+    acc = _zeros(BM, DV_PAD, pos_ptr)
+    hi = n
+    if CAUSAL and not HAS_CTX:
+        hi = tl.minimum(n, m0 + BM)
+    for n0 in range(0, hi, BN):
+        cols = n0 + tl.arange(0, BN)
+        k = _load_rows(K + start * s_kl + h * s_kh, cols, n, s_kl, dq, DQK, UPCAST)
+        v = _load_rows(V + start * s_vl + h * s_vh, cols, n, s_vl, dv, DV, UPCAST)
+        s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr + start, time_ptr, NB, HAS_POS, HAS_TIME,
+                    LOG_BUCKET, BM, BN)
+        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
+        p = tl.where(valid, s * tl.sigmoid(s) / N, 0.0)
+        acc = _dot(p.to(v.dtype), v, acc)
+    out = O + start * s_ol + h * s_oh + rows[:, None].to(tl.int64) * s_ol + dv[None, :]
+    tl.store(out, _to_out(acc, O.dtype.element_ty, ROUND_BF16), mask=(rows < n)[:, None] & (dv < DV)[None, :])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
+                     s_ql, s_qh, s_kl, s_kh, s_vl, s_vh, s_ol, s_oh,
+                     H, N, alpha, C, W, NB, DQK, DV,
+                     CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, UPCAST: tl.constexpr,
+                     ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DQK_PAD: tl.constexpr,
+                     DV_PAD: tl.constexpr):
+    """dK, dV of one key block: Σ over query blocks (dq/dk/dv/do share q's and v's layouts)."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start = tl.load(offsets_ptr + b).to(tl.int64)
+    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    n0 = pid_n * BN
+    if n0 >= n:
+        return
+    limit = n
+    if HAS_CTX:
+        limit = n - C + 1
+    if TARGETS:
+        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
+    cols = n0 + tl.arange(0, BN)
+    dq = tl.arange(0, DQK_PAD)
+    dv = tl.arange(0, DV_PAD)
+    k = _load_rows(K + start * s_kl + h * s_kh, cols, n, s_kl, dq, DQK, UPCAST)
+    v = _load_rows(V + start * s_vl + h * s_vh, cols, n, s_vl, dv, DV, UPCAST)
+    dk = _zeros(BN, DQK_PAD, pos_ptr)
+    dvacc = _zeros(BN, DV_PAD, pos_ptr)
+    lo = 0
+    if CAUSAL and not HAS_CTX:
+        lo = (n0 // BM) * BM
+    for m0 in range(lo, n, BM):
+        rows = m0 + tl.arange(0, BM)
+        q = _load_rows(Q + start * s_ql + h * s_qh, rows, n, s_ql, dq, DQK, UPCAST)
+        do = _load_rows(DO + start * s_ol + h * s_oh, rows, n, s_ol, dv, DV, UPCAST)
+        s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr + start, time_ptr, NB, HAS_POS, HAS_TIME,
+                    LOG_BUCKET, BM, BN)
+        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
+        sig = tl.sigmoid(s)
+        p = tl.where(valid, s * sig / N, 0.0)
+        dvacc = _dot(tl.trans(p.to(do.dtype)), do, dvacc)
+        dp = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr))
+        ds = tl.where(valid, dp / N * sig * (1.0 + s * (1.0 - sig)), 0.0)
+        dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
+    dk = dk * alpha
+    mask_k = (cols < n)[:, None] & (dq < DQK)[None, :]
+    mask_v = (cols < n)[:, None] & (dv < DV)[None, :]
+    tl.store(DK + start * s_ql + h * s_qh + cols[:, None].to(tl.int64) * s_ql + dq[None, :],
+             _to_out(dk, DK.dtype.element_ty, ROUND_BF16), mask=mask_k)
+    tl.store(DV_ + start * s_ol + h * s_oh + cols[:, None].to(tl.int64) * s_ol + dv[None, :],
+             _to_out(dvacc, DV_.dtype.element_ty, ROUND_BF16), mask=mask_v)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr, part_pos, part_time,
+                   s_ql, s_qh, s_kl, s_kh, s_vl, s_vh, s_ol, s_oh,
+                   H, N, NBLK, alpha, C, W, NB, DQK, DV,
+                   CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                   HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, UPCAST: tl.constexpr,
+                   ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DQK_PAD: tl.constexpr,
+                   DV_PAD: tl.constexpr, NB_PAD: tl.constexpr, CH: tl.constexpr):
+    """dQ of one query block: Σ over key blocks; with a bias also the partial bias gradients (BM == BN)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start = tl.load(offsets_ptr + b).to(tl.int64)
+    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    m0 = pid_m * BM
+    if m0 >= n:
+        return
+    limit = n
+    if HAS_CTX:
+        limit = n - C + 1
+    if TARGETS:
+        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
+    rows = m0 + tl.arange(0, BM)
+    dq_ = tl.arange(0, DQK_PAD)
+    dv = tl.arange(0, DV_PAD)
+    q = _load_rows(Q + start * s_ql + h * s_qh, rows, n, s_ql, dq_, DQK, UPCAST)
+    do = _load_rows(DO + start * s_ol + h * s_oh, rows, n, s_ol, dv, DV, UPCAST)
+    dq = _zeros(BM, DQK_PAD, pos_ptr)
+    if HAS_TIME:
+        hist = _zeros(NB_PAD // CH, CH, pos_ptr)  # bucket c0 + t at [c0 // CH, t]
+    hi = n
+    if CAUSAL and not HAS_CTX:
+        hi = tl.minimum(n, m0 + BM)
+    for n0 in range(0, hi, BN):
+        cols = n0 + tl.arange(0, BN)
+        k = _load_rows(K + start * s_kl + h * s_kh, cols, n, s_kl, dq_, DQK, UPCAST)
+        v = _load_rows(V + start * s_vl + h * s_vh, cols, n, s_vl, dv, DV, UPCAST)
+        s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr + start, time_ptr, NB, HAS_POS, HAS_TIME,
+                    LOG_BUCKET, BM, BN)
+        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
+        sig = tl.sigmoid(s)
+        dp = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr))
+        ds = tl.where(valid, dp / N * sig * (1.0 + s * (1.0 - sig)), 0.0)
+        dq = _dot(ds.to(k.dtype), k, dq)
+        if HAS_POS:
+            # Diagonal sums of the tile: local offset j - i + BM - 1 in [0, 2 BM - 1).
+            o = (cols[None, :] - n0) - (rows[:, None] - m0) + BM - 1
+            hit = o[:, :, None] == tl.arange(0, 2 * BM)[None, None, :]
+            diag = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), 0), 0)
+            slot = ((bh * NBLK + pid_m) * NBLK + n0 // BN).to(tl.int64) * (2 * BM)
+            tl.store(part_pos + slot + tl.arange(0, 2 * BM), diag)
+        if HAS_TIME:
+            # Weighted histogram of the tile's buckets, one chunk of CH buckets at a time (bounded registers),
+            # visiting only the chunks between the tile's smallest and largest bucket (neighbours in time
+            # share few buckets).
+            bucket = _buckets(rows, cols, n, ts_ptr + start, NB, LOG_BUCKET)
+            b_lo = tl.min(tl.min(tl.where(valid, bucket, NB_PAD), 1), 0)
+            b_hi = tl.max(tl.max(tl.where(valid, bucket, -1), 1), 0)
+            for c0 in range((b_lo // CH) * CH, b_hi + 1, CH):
+                hit = bucket[:, :, None] == (c0 + tl.arange(0, CH))[None, None, :]
+                chunk = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), 0), 0)
+                hist += tl.where((tl.arange(0, NB_PAD // CH) == c0 // CH)[:, None], chunk[None, :], 0.0)
+    dq = dq * alpha
+    tl.store(DQ + start * s_ql + h * s_qh + rows[:, None].to(tl.int64) * s_ql + dq_[None, :],
+             _to_out(dq, DQ.dtype.element_ty, ROUND_BF16), mask=(rows < n)[:, None] & (dq_ < DQK)[None, :])
+    if HAS_TIME:
+        slots = tl.arange(0, NB_PAD // CH)[:, None] * CH + tl.arange(0, CH)[None, :]
+        tl.store(part_time + (bh * NBLK + pid_m).to(tl.int64) * NB_PAD + slots, hist)
+
+
+_INTERPRETED = not isinstance(_fwd_kernel, JITFunction)
+
+
+def _no_data(t: torch.Tensor) -> bool:
+    return t.device.type == "meta" or (_INTERPRETED and is_fake(t))
+
+
+def _pad(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _rowmajor(x: torch.Tensor) -> torch.Tensor:
+    # The kernels index the head dim with stride 1; (L, H, D) activations almost always are.
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets, contextual_seq_len, max_attn_len,
+            timestamps, pos_bias, time_bias, time_bucket):
+    """Launch arguments shared by the three kernels: (tensor args, scalar args, constexpr flags)."""
+    if q.device.type not in ("cuda", "meta") and not _INTERPRETED:
+        raise ValueError(f"q: the Triton hstu_attention kernel needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+                         f"import), got device {q.device}")
+    H, Dqk, Dv = q.shape[1], q.shape[2], v.shape[2]
+    ptrs = (seq_offsets, num_targets if num_targets is not None else seq_offsets,
+            timestamps if timestamps is not None else seq_offsets,
+            pos_bias if pos_bias is not None else q, time_bias if time_bias is not None else q)
+    nb = time_bias.shape[0] - 1 if time_bias is not None else 0
+    scalars = (H, max_seq_len, float(alpha), contextual_seq_len, max_attn_len, nb, Dqk, Dv)
+    upcast = _INTERPRETED and q.dtype in (torch.float16, torch.bfloat16)
+    flags = dict(CAUSAL=causal, TARGETS=num_targets is not None, HAS_CTX=contextual_seq_len > 0,
+                 HAS_WINDOW=max_attn_len > 0, HAS_POS=pos_bias is not None, HAS_TIME=time_bias is not None,
+                 LOG_BUCKET=time_bucket == "log", UPCAST=upcast,
+                 ROUND_BF16=_INTERPRETED and q.dtype == torch.bfloat16, DQK_PAD=_pad(Dqk), DV_PAD=_pad(Dv))
+    return ptrs, scalars, flags
+
+
+def _blocks(dtype: torch.dtype, N: int, Dqk: int, Dv: int) -> tuple[int, int]:
+    """(BM, BN). Untuned (no GPU time yet): 64 x 64 tiles, 32 x 32 where a padded row is >= 512 bytes
+    (fp32 at d >= 128, 16-bit at d = 256) so that two pipeline stages of K and V tiles fit in shared memory;
+    16 x 16 for float64 (gradcheck), short sequences and the interpreter."""
+    if _INTERPRETED or dtype == torch.float64:
+        return 16, 16
+    row_bytes = max(_pad(Dqk), _pad(Dv)) * torch.finfo(dtype).bits // 8
+    blk = 32 if row_bytes >= 512 else 64
+    blk = min(blk, max(16, triton.next_power_of_2(N)))
+    return blk, blk
+
+
+@triton_op("recsys::hstu_attention_triton", mutates_args=())
+def hstu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor,
+                          max_seq_len: int, alpha: float, causal: bool = True,
+                          num_targets: torch.Tensor | None = None, contextual_seq_len: int = 0,
+                          max_attn_len: int = 0, timestamps: torch.Tensor | None = None,
+                          pos_bias: torch.Tensor | None = None, time_bias: torch.Tensor | None = None,
+                          time_bucket: str = "log") -> torch.Tensor:
+    """HSTU attention forward (Triton): q, k (L, H, Dqk), v (L, H, Dv), seq_offsets (B + 1,) -> (L, H, Dv).
+    Semantics and argument shapes as recsys_kernels.ops.hstu_attention."""
+    check_inputs(q, k, v, seq_offsets, max_seq_len, num_targets, contextual_seq_len, max_attn_len, timestamps,
+                 pos_bias, time_bias, time_bucket)
+    q, k, v = _rowmajor(q), _rowmajor(k), _rowmajor(v)
+    L, H, Dv = q.shape[0], q.shape[1], v.shape[2]
+    B = seq_offsets.shape[0] - 1
+    out = torch.zeros((L, H, Dv), dtype=q.dtype, device=q.device)
+    if B == 0 or L == 0 or _no_data(out):
+        return out
+    ptrs, scalars, flags = _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets,
+                                   contextual_seq_len, max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
+    bm, bn = _blocks(q.dtype, max_seq_len, q.shape[2], v.shape[2])
+    wrap_triton(_fwd_kernel)[(triton.cdiv(max_seq_len, bm), B * H)](
+        q, k, v, out, *ptrs,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        *scalars, **flags, BM=bm, BN=bn, num_warps=4, num_stages=2)
+    return out
+
+
+@triton_op("recsys::hstu_attention_triton_backward", mutates_args=())
+def hstu_attention_triton_backward(grad_output: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                   seq_offsets: torch.Tensor, max_seq_len: int, alpha: float, causal: bool,
+                                   num_targets: torch.Tensor | None, contextual_seq_len: int, max_attn_len: int,
+                                   timestamps: torch.Tensor | None, pos_bias: torch.Tensor | None,
+                                   time_bias: torch.Tensor | None, time_bucket: str
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HSTU attention backward (Triton) -> (dq, dk, dv, d_pos_bias or (0,), d_time_bias or (0,))."""
+    check_inputs(q, k, v, seq_offsets, max_seq_len, num_targets, contextual_seq_len, max_attn_len, timestamps,
+                 pos_bias, time_bias, time_bucket)
+    if grad_output.shape != v.shape or grad_output.dtype != v.dtype:
+        raise ValueError(f"grad_output must match v: shape {tuple(v.shape)}, {v.dtype}; got "
+                         f"{tuple(grad_output.shape)}, {grad_output.dtype}")
+    # dq/dk/do/dv are written with q's and v's strides, so everything is made row-major alike.
+    q, k, v, do = (x.contiguous() for x in (q, k, v, grad_output))
+    L, H, Dqk, Dv = q.shape[0], q.shape[1], q.shape[2], v.shape[2]
+    B, N = seq_offsets.shape[0] - 1, max_seq_len
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    d_pos = torch.zeros_like(pos_bias) if pos_bias is not None else q.new_zeros(0)
+    d_time = torch.zeros_like(time_bias) if time_bias is not None else q.new_zeros(0)
+    if B == 0 or L == 0 or _no_data(dq):
+        return dq, dk, dv, d_pos, d_time
+    ptrs, scalars, flags = _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets,
+                                   contextual_seq_len, max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(0), v.stride(1))
+    bm, bn = _blocks(q.dtype, N, Dqk, Dv)
+    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(N, bn), B * H)](
+        q, k, v, do, dk, dv, *ptrs, *strides, *scalars, **flags, BM=bm, BN=bn, num_warps=4, num_stages=2)
+    has_bias = pos_bias is not None or time_bias is not None
+    blk = BIAS_BLOCK if has_bias else bm
+    nblk = triton.cdiv(N, blk)
+    ch = 32  # buckets per histogram chunk
+    nb_pad = max(ch, triton.next_power_of_2(time_bias.shape[0])) if time_bias is not None else ch
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    part_pos = torch.zeros((B * H, nblk, nblk, 2 * blk) if pos_bias is not None else (1,), dtype=acc, device=q.device)
+    part_time = torch.zeros((B * H, nblk, nb_pad) if time_bias is not None else (1,), dtype=acc, device=q.device)
+    wrap_triton(_bwd_dq_kernel)[(nblk, B * H)](
+        q, k, v, do, dq, *ptrs, part_pos, part_time, *strides, scalars[0], N, nblk, *scalars[2:], **flags,
+        BM=blk, BN=blk, NB_PAD=nb_pad, CH=ch, num_warps=4, num_stages=2)
+    if pos_bias is not None:
+        d_pos = _fold_pos(part_pos, N, blk).to(pos_bias.dtype)
+    if time_bias is not None:
+        d_time = part_time.double().sum((0, 1))[: time_bias.shape[0]].to(time_bias.dtype)
+    return dq, dk, dv, d_pos, d_time
+
+
+def _fold_pos(part: torch.Tensor, N: int, blk: int) -> torch.Tensor:
+    """(BH, nblk, nblk, 2 blk) per-tile diagonal sums -> (2N - 1,) pos_bias gradient, in a fixed order.
+
+    Tile (mb, kb) holds offsets j - i = (kb - mb) blk + k - blk + 1 for k in [0, 2 blk - 1). Summing the
+    tiles of each block diagonal is a product with a static one-hot matrix; the two halves of each
+    diagonal's vector then land on consecutive blocks of the flat offset axis."""
+    nblk = part.shape[1]
+    tiles = part.double().sum(0).reshape(nblk * nblk, 2 * blk)
+    mb = torch.arange(nblk, device=part.device).view(nblk, 1)
+    kb = torch.arange(nblk, device=part.device).view(1, nblk)
+    onehot = torch.nn.functional.one_hot((kb - mb + nblk - 1).reshape(-1), 2 * nblk - 1).double()
+    diag = onehot.t() @ tiles  # (2 nblk - 1, 2 blk)
+    flat = torch.zeros(2 * nblk, blk, dtype=torch.float64, device=part.device)
+    flat[: 2 * nblk - 1] += diag[:, :blk]
+    flat[1:] += diag[:, blk:]
+    first = nblk * blk - N
+    return flat.reshape(-1)[first: first + 2 * N - 1]
+
+
+def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+    (q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets, contextual_seq_len, max_attn_len, timestamps,
+     pos_bias, time_bias, time_bucket) = inputs
+    ctx.save_for_backward(q, k, v, seq_offsets, num_targets, timestamps, pos_bias, time_bias)
+    ctx.args = (max_seq_len, alpha, causal, contextual_seq_len, max_attn_len, time_bucket)
+
+
+def _backward(ctx, grad_output):  # type: ignore[no-untyped-def]
+    q, k, v, seq_offsets, num_targets, timestamps, pos_bias, time_bias = ctx.saved_tensors
+    max_seq_len, alpha, causal, contextual_seq_len, max_attn_len, time_bucket = ctx.args
+    dq, dk, dv, d_pos, d_time = hstu_attention_triton_backward(
+        grad_output, q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets, contextual_seq_len,
+        max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
+    return (dq, dk, dv, None, None, None, None, None, None, None, None,
+            d_pos if pos_bias is not None else None, d_time if time_bias is not None else None, None)
+
+
+torch.library.register_autograd("recsys::hstu_attention_triton", _backward, setup_context=_setup_context)
+
+if _INTERPRETED:
+    # wrap_triton cannot capture interpreted kernels: keep the ops opaque to AOTDispatcher (see dot_interaction).
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def _keep_opaque(mode, op, types, args, kwargs):  # type: ignore[no-untyped-def]
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    for _op in (hstu_attention_triton, hstu_attention_triton_backward):
+        _op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
