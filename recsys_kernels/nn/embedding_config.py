@@ -4,6 +4,9 @@ QAT / INT4)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
 
 POOLINGS = ("sum", "mean")
 
@@ -29,3 +32,37 @@ class EmbeddingBagConfig:
             raise ValueError(f"embedding_dim of table {self.name!r} must be >= 1, got {self.embedding_dim}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling of table {self.name!r} must be 'sum' or 'mean', got {self.pooling!r}")
+
+
+def features_dict(features: Any) -> dict[str, tuple[torch.Tensor, ...]]:
+    """A features mapping, or a torchrec KeyedJaggedTensor (duck-typed: torchrec is optional)."""
+    if isinstance(features, Mapping):
+        return dict(features)
+    if hasattr(features, "to_dict"):
+        out = {}
+        for name, jt in features.to_dict().items():
+            w = jt.weights_or_none()
+            out[name] = (jt.values(), jt.offsets()) if w is None else (jt.values(), jt.offsets(), w)
+        return out
+    raise TypeError(f"features must be a mapping name -> (indices, offsets[, per_sample_weights]) or a torchrec "
+                    f"KeyedJaggedTensor, got {type(features).__name__}")
+
+
+def check_features(tables: Sequence[EmbeddingBagConfig], features: Any) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The collections' input: every table named, each (indices, offsets[, per_sample_weights]), one batch size."""
+    features = features_dict(features)
+    B = None
+    for t in tables:
+        if t.name not in features:
+            raise ValueError(f"features has no entry for table {t.name!r} (tables: {[x.name for x in tables]})")
+        value = features[t.name]
+        if len(value) not in (2, 3):
+            raise ValueError(f"features[{t.name!r}] must be (indices, offsets) or (indices, offsets, "
+                             f"per_sample_weights), got {len(value)} items")
+        b = value[1].shape[0] - 1
+        if B is None:
+            B = b
+        elif b != B:
+            raise ValueError(f"every table needs the same batch size: features[{t.name!r}] has offsets for {b} "
+                             f"bags, others for {B}")
+    return features

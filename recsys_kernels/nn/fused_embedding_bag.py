@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from recsys_kernels.nn.embedding_config import EmbeddingBagConfig
+from recsys_kernels.nn.embedding_config import EmbeddingBagConfig, check_features
 from recsys_kernels.ops.rowwise_adagrad import embedding_bag_rowwise_adagrad
 from recsys_kernels.optim.rowwise_adagrad import RowWiseAdagradConfig
 
@@ -109,20 +109,7 @@ class FusedEmbeddingBagCollection(torch.nn.Module):
         return self._sr_step
 
     def forward(self, features: Features) -> torch.Tensor:
-        B = None
-        for t in self.tables:
-            if t.name not in features:
-                raise ValueError(f"features has no entry for table {t.name!r} (tables: {[x.name for x in self.tables]})")
-            value = features[t.name]
-            if len(value) not in (2, 3):
-                raise ValueError(f"features[{t.name!r}] must be (indices, offsets) or (indices, offsets, "
-                                 f"per_sample_weights), got {len(value)} items")
-            b = value[1].shape[0] - 1
-            if B is None:
-                B = b
-            elif b != B:
-                raise ValueError(f"every table needs the same batch size: features[{t.name!r}] has offsets for {b} "
-                                 f"bags, others for {B}")
+        features = check_features(self.tables, features)
         pooled: dict[str, torch.Tensor] = {}
         opt = self.optimizer
         for g, members in enumerate(self._groups):

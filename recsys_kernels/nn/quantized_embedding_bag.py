@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from recsys_kernels.nn.embedding_config import EmbeddingBagConfig
+from recsys_kernels.nn.embedding_config import EmbeddingBagConfig, check_features
 from recsys_kernels.ops.int4_embedding_bag import int4_embedding_bag, quantize_int4_rows, row_bytes
 from recsys_kernels.ops.qat_embedding_bag import qat_embedding_bag, table_scales
 from recsys_kernels.reference.qat_embedding_bag import QPARAMS, table_int4_rows
@@ -38,20 +38,6 @@ from recsys_kernels.reference.qat_embedding_bag import QPARAMS, table_int4_rows
 __all__ = ["Int4EmbeddingBagCollection", "QATEmbeddingBagCollection"]
 
 Features = Mapping[str, tuple[torch.Tensor, ...]]
-
-
-def features_dict(features: Any) -> dict[str, tuple[torch.Tensor, ...]]:
-    """A features mapping, or a torchrec KeyedJaggedTensor (duck-typed: torchrec is optional)."""
-    if isinstance(features, Mapping):
-        return dict(features)
-    if hasattr(features, "to_dict"):
-        out = {}
-        for name, jt in features.to_dict().items():
-            w = jt.weights_or_none()
-            out[name] = (jt.values(), jt.offsets()) if w is None else (jt.values(), jt.offsets(), w)
-        return out
-    raise TypeError(f"features must be a mapping name -> (indices, offsets[, per_sample_weights]) or a torchrec "
-                    f"KeyedJaggedTensor, got {type(features).__name__}")
 
 
 def _check_tables(tables: Sequence[EmbeddingBagConfig]) -> list[EmbeddingBagConfig]:
@@ -113,23 +99,7 @@ class _GroupedTables(torch.nn.Module):
         return torch.cat(indices), torch.cat(offsets), (torch.cat(psw) if has_psw else None)
 
     def _check_features(self, features: Any) -> dict[str, tuple[torch.Tensor, ...]]:
-        features = features_dict(features)
-        B = None
-        for t in self.tables:
-            if t.name not in features:
-                names = [x.name for x in self.tables]
-                raise ValueError(f"features has no entry for table {t.name!r} (tables: {names})")
-            value = features[t.name]
-            if len(value) not in (2, 3):
-                raise ValueError(f"features[{t.name!r}] must be (indices, offsets) or (indices, offsets, "
-                                 f"per_sample_weights), got {len(value)} items")
-            b = value[1].shape[0] - 1
-            if B is None:
-                B = b
-            elif b != B:
-                raise ValueError(f"every table needs the same batch size: features[{t.name!r}] has offsets for {b} "
-                                 f"bags, others for {B}")
-        return features
+        return check_features(self.tables, features)
 
     def _assemble(self, outs: list[torch.Tensor]) -> torch.Tensor:
         pooled: dict[str, torch.Tensor] = {}
