@@ -129,6 +129,19 @@ def _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr, time_ptr, NB, HAS_PO
 
 
 @triton.jit
+def _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX: tl.constexpr, TARGETS: tl.constexpr):
+    """Sequence b's first row, its length, and the first row that is a target (or the context limit)."""
+    start = tl.load(offsets_ptr + b).to(tl.int64)
+    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    limit = n
+    if HAS_CTX:
+        limit = n - C + 1
+    if TARGETS:
+        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
+    return start, n, limit
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
                 s_ql, s_qh, s_kl, s_kh, s_vl, s_vh, s_ol, s_oh,
                 H, N, alpha, C, W, NB, DQK, DV,
@@ -140,16 +153,10 @@ def _fwd_kernel(Q, K, V, O, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    start = tl.load(offsets_ptr + b).to(tl.int64)
-    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    start, n, limit = _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX, TARGETS)
     m0 = pid_m * BM
     if m0 >= n:
         return
-    limit = n
-    if HAS_CTX:
-        limit = n - C + 1
-    if TARGETS:
-        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
     rows = m0 + tl.arange(0, BM)
     dq = tl.arange(0, DQK_PAD)
     dv = tl.arange(0, DV_PAD)
@@ -184,16 +191,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, offsets_ptr, nt_ptr, ts_ptr, pos_ptr,
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    start = tl.load(offsets_ptr + b).to(tl.int64)
-    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    start, n, limit = _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX, TARGETS)
     n0 = pid_n * BN
     if n0 >= n:
         return
-    limit = n
-    if HAS_CTX:
-        limit = n - C + 1
-    if TARGETS:
-        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
     cols = n0 + tl.arange(0, BN)
     dq = tl.arange(0, DQK_PAD)
     dv = tl.arange(0, DV_PAD)
@@ -239,16 +240,10 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_p
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    start = tl.load(offsets_ptr + b).to(tl.int64)
-    n = (tl.load(offsets_ptr + b + 1).to(tl.int64) - start).to(tl.int32)
+    start, n, limit = _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX, TARGETS)
     m0 = pid_m * BM
     if m0 >= n:
         return
-    limit = n
-    if HAS_CTX:
-        limit = n - C + 1
-    if TARGETS:
-        limit = limit - tl.load(nt_ptr + b).to(tl.int32)
     rows = m0 + tl.arange(0, BM)
     dq_ = tl.arange(0, DQK_PAD)
     dv = tl.arange(0, DV_PAD)
