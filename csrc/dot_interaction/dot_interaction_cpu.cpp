@@ -1,9 +1,10 @@
 // DLRM dot interaction, CPU kernel: parallel over the batch.
 //
-// Per sample, T = [dense; sparse] (n x D) is converted once to a float32 (float64 for double) scratch
-// block that stays in L1/L2, then only the lower triangle of T Tᵀ is computed, in register blocks
-// (about half the FLOPs of a full bmm), and scattered into the output row in the requested layout.
-// The backward builds the symmetric pair-gradient matrix G and forms grad_T = G T.
+// Per sample, the rows of T = [dense; sparse] (n x D) are read in place (float32 with D a multiple of 16) or
+// converted once into an L1-resident scratch block; only the 4x4 blocks of T Tᵀ on and below the diagonal
+// are computed (about half the FLOPs of a full bmm) and scattered into the output row in the requested
+// layout. The backward builds the symmetric pair-gradient matrix G and forms grad_T = G T with a
+// broadcast-FMA register-blocked product.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -22,14 +23,11 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // C (m, N) = A (m, K) . B (K, N), row-major with leading dimensions; m a multiple of kMR and N of kNR (the
 // callers zero-pad their scratch). Each kMR x kNR block of C stays in vector registers while k runs: per
 // step, kMR broadcasts of A, one kNR-wide load of B and kMR FMAs per lane group, and no horizontal sums.
-// ``lower`` computes only the column blocks that reach the diagonal of each row block (for T Tᵀ, whose
-// lower triangle is all we need).
 template <typename T>
 inline __attribute__((always_inline)) void gemm_rows_impl(const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                                                          int64_t ldc, int64_t m, int64_t K, int64_t N, bool lower) {
+                                                          int64_t ldc, int64_t m, int64_t K, int64_t N) {
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
-    const int64_t n_end = lower ? std::min(N, round_up(i0 + kMR, kNR)) : N;
-    for (int64_t j0 = 0; j0 < n_end; j0 += kNR) {
+    for (int64_t j0 = 0; j0 < N; j0 += kNR) {
       T acc[kMR][kNR] = {};
       for (int64_t k = 0; k < K; ++k) {
         const T* b = B + k * ldb + j0;
@@ -46,58 +44,109 @@ inline __attribute__((always_inline)) void gemm_rows_impl(const T* A, int64_t ld
   }
 }
 
-// The extension is built for baseline x86-64, so the hot loop is compiled again for AVX2+FMA and AVX-512
+// c[r * ldc + c] = t_r . t_c for the 4x4 blocks on and below the diagonal; rows (n_rows,) point at rows of
+// length ld (n_rows a multiple of 4, padding rows all zeros). Dot-product form: 16 vector accumulators and 8
+// row loads per step of d, one horizontal sum per dot product, and no transposed copy of T.
+template <typename T>
+inline __attribute__((always_inline)) void gram_lower_impl(const T* const* rows, int64_t ld, int64_t n_rows, T* c,
+                                                           int64_t ldc) {
+  for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
+    const T *a0 = rows[r0], *a1 = rows[r0 + 1], *a2 = rows[r0 + 2], *a3 = rows[r0 + 3];
+    for (int64_t c0 = 0; c0 <= r0; c0 += 4) {
+      const T *b0 = rows[c0], *b1 = rows[c0 + 1], *b2 = rows[c0 + 2], *b3 = rows[c0 + 3];
+      T s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      T s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+#pragma omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+      for (int64_t d = 0; d < ld; ++d) {
+        const T x0 = a0[d], x1 = a1[d], x2 = a2[d], x3 = a3[d];
+        const T y0 = b0[d], y1 = b1[d], y2 = b2[d], y3 = b3[d];
+        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
+        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
+        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3;
+        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3;
+      }
+      T* o = c + r0 * ldc + c0;
+      o[0] = s00; o[1] = s01; o[2] = s02; o[3] = s03; o += ldc;
+      o[0] = s10; o[1] = s11; o[2] = s12; o[3] = s13; o += ldc;
+      o[0] = s20; o[1] = s21; o[2] = s22; o[3] = s23; o += ldc;
+      o[0] = s30; o[1] = s31; o[2] = s32; o[3] = s33;
+    }
+  }
+}
+
+// The extension is built for baseline x86-64, so the hot loops are compiled again for AVX2+FMA and AVX-512
 // and picked by what the CPU reports at run time (target_clones' resolver keys on CPU model names and
 // misses e.g. AMD EPYC parts, so the choice is made here explicitly).
 #if defined(__x86_64__) && defined(__GNUC__)
-#define RECSYS_DEFINE_GEMM_ROWS(T)                                                                          \
-  __attribute__((target("avx512f,avx512vl,fma"))) void gemm_rows_avx512(const T* A, int64_t lda, const T* B, \
-      int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K, int64_t N, bool lower) {                         \
-    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
-  }                                                                                                          \
-  __attribute__((target("avx2,fma"))) void gemm_rows_avx2(const T* A, int64_t lda, const T* B, int64_t ldb,  \
-      T* C, int64_t ldc, int64_t m, int64_t K, int64_t N, bool lower) {                                      \
-    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
-  }                                                                                                          \
-  void gemm_rows(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K,  \
-                 int64_t N, bool lower) {                                                                    \
-    static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2     \
-                             : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")       ? 1     \
-                                                                                                     : 0;    \
-    if (level == 2) return gemm_rows_avx512(A, lda, B, ldb, C, ldc, m, K, N, lower);                         \
-    if (level == 1) return gemm_rows_avx2(A, lda, B, ldb, C, ldc, m, K, N, lower);                           \
-    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
+inline int simd_level() {
+  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? 2
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")       ? 1
+                                                                                                   : 0;
+  return level;
+}
+#define RECSYS_SIMD_DISPATCH(ret, name, impl, params, args)                          \
+  __attribute__((target("avx512f,avx512vl,fma"))) ret name##_avx512 params { return impl args; } \
+  __attribute__((target("avx2,fma"))) ret name##_avx2 params { return impl args; }               \
+  ret name params {                                                                  \
+    if (simd_level() == 2) return name##_avx512 args;                                \
+    if (simd_level() == 1) return name##_avx2 args;                                  \
+    return impl args;                                                                \
   }
 #else
-#define RECSYS_DEFINE_GEMM_ROWS(T)                                                                          \
-  void gemm_rows(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K,  \
-                 int64_t N, bool lower) {                                                                    \
-    gemm_rows_impl(A, lda, B, ldb, C, ldc, m, K, N, lower);                                                  \
-  }
+#define RECSYS_SIMD_DISPATCH(ret, name, impl, params, args) \
+  ret name params { return impl args; }
 #endif
-RECSYS_DEFINE_GEMM_ROWS(float)
-RECSYS_DEFINE_GEMM_ROWS(double)
+#define RECSYS_GEMM_PARAMS(T) \
+  (const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t m, int64_t K, int64_t N)
+#define RECSYS_GEMM_ARGS (A, lda, B, ldb, C, ldc, m, K, N)
+RECSYS_SIMD_DISPATCH(void, gemm_rows, gemm_rows_impl, RECSYS_GEMM_PARAMS(float), RECSYS_GEMM_ARGS)
+RECSYS_SIMD_DISPATCH(void, gemm_rows, gemm_rows_impl, RECSYS_GEMM_PARAMS(double), RECSYS_GEMM_ARGS)
+RECSYS_SIMD_DISPATCH(void, gram_lower, gram_lower_impl,
+                     (const float* const* rows, int64_t ld, int64_t n_rows, float* c, int64_t ldc),
+                     (rows, ld, n_rows, c, ldc))
+RECSYS_SIMD_DISPATCH(void, gram_lower, gram_lower_impl,
+                     (const double* const* rows, int64_t ld, int64_t n_rows, double* c, int64_t ldc),
+                     (rows, ld, n_rows, c, ldc))
 
 // Per-sample scratch in the accumulation type, zero-padded so gemm_rows sees whole register blocks:
 // t (n_rows, ld_t) = [dense; sparse] with n_rows = n rounded up to kMR and ld_t = D rounded up to kNR,
-// tt (D, ld_tt) its transpose with ld_tt = n rounded up to kNR. Padding stays zero across samples.
+// c (n_rows, ld_c) the Gram matrix or grad_T, ld_c = max(ld_t, n rounded up to kNR); g (n_rows, n) the
+// symmetric pair-gradient matrix. Padding stays zero across samples.
 template <typename acc_t>
 struct Scratch {
-  int64_t n_rows, ld_t, ld_tt;
-  std::vector<acc_t> t, tt, c, g;
+  int64_t n_rows, ld_t, ld_c;
+  std::vector<acc_t> t, c, g;
   explicit Scratch(const DotInteractionShape& s)
-      : n_rows(round_up(s.n, kMR)), ld_t(round_up(s.D, kNR)), ld_tt(round_up(s.n, kNR)),
-        t(n_rows * ld_t, acc_t(0)), tt(s.D * ld_tt, acc_t(0)), c(n_rows * std::max(ld_t, ld_tt), acc_t(0)),
+      : n_rows(round_up(s.n, kMR)), ld_t(round_up(s.D, kNR)), ld_c(std::max(ld_t, round_up(s.n, kNR))),
+        t(n_rows * ld_t, acc_t(0)), c(n_rows * ld_c, acc_t(0)),
         g(n_rows * s.n, acc_t(0)) {}
 
+  std::vector<const acc_t*> rows;
+
+  // Pointers to the n_rows rows of T for gram_lower: straight into the inputs when they already are the
+  // accumulation type with whole vectors per row (no copy), else into t after converting.
   template <typename scalar_t>
-  void load(const scalar_t* dense, const scalar_t* sparse, const DotInteractionShape& s, bool transpose) {
+  const acc_t* const* rows_of(const scalar_t* dense, const scalar_t* sparse, const DotInteractionShape& s) {
+    rows.resize(n_rows);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (s.D == ld_t) {
+        rows[0] = dense;
+        for (int64_t r = 1; r < s.n; ++r) rows[r] = sparse + (r - 1) * s.D;
+        for (int64_t r = s.n; r < n_rows; ++r) rows[r] = t.data() + r * ld_t;  // zero padding rows
+        return rows.data();
+      }
+    }
+    load(dense, sparse, s);
+    for (int64_t r = 0; r < n_rows; ++r) rows[r] = t.data() + r * ld_t;
+    return rows.data();
+  }
+
+  template <typename scalar_t>
+  void load(const scalar_t* dense, const scalar_t* sparse, const DotInteractionShape& s) {
     for (int64_t r = 0; r < s.n; ++r) {
       const scalar_t* src = r == 0 ? dense : sparse + (r - 1) * s.D;
       acc_t* dst = t.data() + r * ld_t;
       for (int64_t d = 0; d < s.D; ++d) dst[d] = static_cast<acc_t>(src[d]);
-      if (transpose)
-        for (int64_t d = 0; d < s.D; ++d) tt[d * ld_tt + r] = dst[d];
     }
   }
 };
@@ -114,15 +163,14 @@ void forward_kernel(const at::Tensor& dense, const at::Tensor& sparse, at::Tenso
   at::parallel_for(0, s.B, grain, [&](int64_t begin, int64_t end) {
     Scratch<acc_t> w(s);
     for (int64_t b = begin; b < end; ++b) {
-      w.load(dp + b * s.D, sp + b * s.F * s.D, s, /*transpose=*/true);
-      gemm_rows(w.t.data(), w.ld_t, w.tt.data(), w.ld_tt, w.c.data(), w.ld_tt, w.n_rows, s.D, w.ld_tt, /*lower=*/true);
+      gram_lower(w.rows_of(dp + b * s.D, sp + b * s.F * s.D, s), w.ld_t, w.n_rows, w.c.data(), w.ld_c);
       scalar_t* row = op + b * s.out_cols;
       std::copy(dp + b * s.D, dp + (b + 1) * s.D, row);
       scalar_t* pairs = row + s.D;
       for (int64_t r = 0; r < s.n; ++r)
         for (int64_t c = 0; c < r + diag; ++c)
           pairs[dot_interaction_pair_index(r, c, s.n, s.self_interaction, s.upper)] =
-              static_cast<scalar_t>(w.c[r * w.ld_tt + c]);
+              static_cast<scalar_t>(w.c[r * w.ld_c + c]);
       std::fill(row + s.D + s.pairs, row + s.out_cols, scalar_t(0));
     }
   });
@@ -143,7 +191,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& dense, con
   at::parallel_for(0, s.B, grain, [&](int64_t begin, int64_t end) {
     Scratch<acc_t> w(s);
     for (int64_t b = begin; b < end; ++b) {
-      w.load(dp + b * s.D, sp + b * s.F * s.D, s, /*transpose=*/false);
+      w.load(dp + b * s.D, sp + b * s.F * s.D, s);
       // G symmetric: d(t_r . t_c) = t_c dt_r + t_r dt_c, so the diagonal (self-interaction) counts twice.
       const scalar_t* g = gp + b * g_stride;
       for (int64_t r = 0; r < s.n; ++r) {
@@ -155,7 +203,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& dense, con
         }
       }
       // grad_T = G T; rows of G past n are zero padding, and so are the rows of grad_T they make.
-      gemm_rows(w.g.data(), s.n, w.t.data(), w.ld_t, w.c.data(), w.ld_t, w.n_rows, s.n, w.ld_t, /*lower=*/false);
+      gemm_rows(w.g.data(), s.n, w.t.data(), w.ld_t, w.c.data(), w.ld_t, w.n_rows, s.n, w.ld_t);
       for (int64_t d = 0; d < s.D; ++d)
         gdp[b * s.D + d] = static_cast<scalar_t>(static_cast<acc_t>(g[d * g_col]) + w.c[d]);
       for (int64_t r = 1; r < s.n; ++r)
