@@ -78,6 +78,16 @@ inline void check_packed_row_bytes(const at::Tensor& packed, int64_t D) {
               " INT4 codes take row_bytes = ", fmt(int4_row_bytes(D)), " (4 bytes of fp16 scale and bias + D/2, padded to 16)");
 }
 
+// dequantize_int4_rows(packed (E, row_bytes) uint8, D, dtype): checks shared by every C++ backend.
+inline void check_dequantize_inputs(const at::Tensor& packed, int64_t D, at::ScalarType dtype) {
+  check_int4_D(D, "D");
+  check_dim(packed, 2, "packed", "(E, row_bytes)");
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", fmt(packed.scalar_type()));
+  check_packed_row_bytes(packed, D);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+              "dtype must be float32, float16, bfloat16 (or float64), got ", fmt(dtype));
+}
+
 inline void check_index_tensor(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name,
                                const char* shape) {
   TORCH_CHECK(t.dim() == 1, name, " must have shape ", fmt(shape), ", got ", fmt(t.sizes()));

@@ -89,12 +89,7 @@ at::Tensor quantize_int4_rows_cpu(const at::Tensor& weight) {
 }
 
 at::Tensor dequantize_int4_rows_cpu(const at::Tensor& packed, int64_t D, at::ScalarType dtype) {
-  check_int4_D(D, "D");
-  check_dim(packed, 2, "packed", "(E, row_bytes)");
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "packed must be uint8, got ", fmt(packed.scalar_type()));
-  check_packed_row_bytes(packed, D);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
-              "dtype must be float32, float16, bfloat16 (or float64), got ", fmt(dtype));
+  check_dequantize_inputs(packed, D, dtype);
   check_cpu(packed, "packed");
   const int64_t E = packed.size(0), rb = packed.size(1);
   auto out = at::empty({E, D}, packed.options().dtype(dtype));

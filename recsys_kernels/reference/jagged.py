@@ -97,15 +97,21 @@ def jagged_to_padded_dense(values: torch.Tensor, offsets: torch.Tensor, max_len:
     return table.index_select(0, idx.reshape(-1)).view(B, max_len, D)
 
 
-def padded_dense_to_jagged(dense: torch.Tensor, offsets: torch.Tensor, total_len: int) -> torch.Tensor:
-    """dense (B, N, D), offsets (B + 1,) -> (total_len, D) in dense's dtype."""
+def check_padded_dense_inputs(dense: torch.Tensor, offsets: torch.Tensor, total_len: int) -> None:
+    """Raise ValueError naming the argument unless dense (B, N, D) and offsets (B + 1,) fit total_len rows."""
     check_offsets(offsets, total_len)
     check_values(dense, offsets, "dense", 3)
-    B, N, D = dense.shape
+    B = dense.shape[0]
     if offsets.shape[0] != B + 1:
         raise ValueError(f"offsets must have shape (B + 1,) = ({B + 1},) for dense (B, N, D), got {tuple(offsets.shape)}")
     if total_len < 0:
         raise ValueError(f"total_len must be >= 0, got {total_len}")
+
+
+def padded_dense_to_jagged(dense: torch.Tensor, offsets: torch.Tensor, total_len: int) -> torch.Tensor:
+    """dense (B, N, D), offsets (B + 1,) -> (total_len, D) in dense's dtype."""
+    check_padded_dense_inputs(dense, offsets, total_len)
+    B, N, D = dense.shape
     o = offsets.to(torch.int64)
     rows = torch.arange(total_len, device=dense.device, dtype=torch.int64)
     seg = (torch.searchsorted(o, rows, right=True) - 1).clamp(0, max(B - 1, 0))

@@ -17,7 +17,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 from triton.runtime.jit import JITFunction
 
-from recsys_kernels.reference.jagged import check_lengths, check_offsets, check_values
+from recsys_kernels.reference.jagged import check_lengths, check_offsets, check_padded_dense_inputs, check_values
 
 __all__ = ["lengths_to_offsets_triton", "jagged_to_padded_dense_triton", "padded_dense_to_jagged_triton"]
 
@@ -119,13 +119,8 @@ def jagged_to_padded_dense_triton(values: torch.Tensor, offsets: torch.Tensor, m
 @triton_op("recsys::padded_dense_to_jagged_triton", mutates_args=())
 def padded_dense_to_jagged_triton(dense: torch.Tensor, offsets: torch.Tensor, total_len: int) -> torch.Tensor:
     """dense (B, N, D), offsets (B + 1,) -> (total_len, D); rows no sequence position maps to are zero."""
-    check_offsets(offsets, total_len)
-    check_values(dense, offsets, "dense", 3)
+    check_padded_dense_inputs(dense, offsets, total_len)
     B, N, D = dense.shape
-    if offsets.shape[0] != B + 1:
-        raise ValueError(f"offsets must have shape (B + 1,) = ({B + 1},) for dense (B, N, D), got {tuple(offsets.shape)}")
-    if total_len < 0:
-        raise ValueError(f"total_len must be >= 0, got {total_len}")
     _check_device(dense, "dense")
     out = torch.zeros((total_len, D), dtype=dense.dtype, device=dense.device)
     if out.numel() == 0 or B * N == 0 or _no_data(out):
