@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include "dot_interaction/dot_interaction_cuda.cuh"
+#include "dot_interaction/dot_interaction_cuda_f64.cuh"
 
 namespace recsys {
 namespace dot_cuda {
@@ -283,15 +284,16 @@ void check_int32(const DotInteractionShape& s) {
               ", output columns = ", fmt(s.out_cols), ")");
 }
 
-template <typename F>
-void dispatch(at::ScalarType dt, F&& f) {
+// float64 (gradcheck, accuracy checks) takes the plain kernels of dot_interaction_cuda_f64.cuh.
+template <typename F, typename F64>
+void dispatch(at::ScalarType dt, F&& f, F64&& f64) {
   switch (dt) {
     case at::kHalf: f(__half{}); break;
     case at::kBFloat16: f(__nv_bfloat16{}); break;
     case at::kFloat: f(float{}); break;
-    default:  // float64 passes the shared checks (the CPU kernel and reference take it) but not this kernel
-      TORCH_CHECK(false, "dense must be float32, float16 or bfloat16 for the CUDA kernel, got ", fmt(dt),
-                  "; use the cpu, triton or reference backend for float64");
+    case at::kDouble: f64(); break;
+    default:  // check_float_dtype admits only the four above
+      TORCH_CHECK(false, "dense must be float64, float32, float16 or bfloat16, got ", fmt(dt));
   }
 }
 
@@ -307,7 +309,8 @@ at::Tensor dot_interaction_cuda(const at::Tensor& dense, const at::Tensor& spars
   const auto d = dense.contiguous();
   const auto sp = sparse.contiguous();
   const Device dev = device_info(dense.get_device());
-  dispatch(dense.scalar_type(), [&](auto tag) { launch_forward<decltype(tag)>(d, sp, out, s, dev); });
+  dispatch(dense.scalar_type(), [&](auto tag) { launch_forward<decltype(tag)>(d, sp, out, s, dev); },
+           [&] { dot_cuda_f64::forward(d, sp, out, s); });
   return out;
 }
 
@@ -329,7 +332,8 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward_cuda(const at::Tenso
   const auto d = dense.contiguous();
   const auto sp = sparse.contiguous();
   const Device dev = device_info(dense.get_device());
-  dispatch(dense.scalar_type(), [&](auto tag) { launch_backward<decltype(tag)>(go, d, sp, gd, gs, s, dev); });
+  dispatch(dense.scalar_type(), [&](auto tag) { launch_backward<decltype(tag)>(go, d, sp, gd, gs, s, dev); },
+           [&] { dot_cuda_f64::backward(go, d, sp, gd, gs, s); });
   return {gd, gs};
 }
 

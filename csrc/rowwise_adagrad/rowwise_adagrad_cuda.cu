@@ -100,13 +100,12 @@ __device__ __forceinline__ int64_t col(int v, int lane) {
   return (static_cast<int64_t>(v) * 32 + lane) * VEC;
 }
 
-// One step of row r from its summed gradient g (this lane's elements; 0 past D).
+// This lane's elements of row r (0 past D). Loaded before the gradient sum when the row's run is known to end
+// in this warp, so the weight read overlaps the gradient reads instead of following them.
 template <typename W, int VEC, int NV>
-__device__ __forceinline__ void update_row(W* __restrict__ weight, float* __restrict__ momentum, int64_t r,
-                                           const float (&g)[NV][VEC], int64_t D, int lane, const DeviceHyper& h) {
-  W* row = weight + r * D;
-  float w[NV][VEC];
-  float sum_sq = 0.f;
+__device__ __forceinline__ void load_row(const W* __restrict__ weight, int64_t r, int64_t D, int lane,
+                                         float (&w)[NV][VEC]) {
+  const W* row = weight + r * D;
 #pragma unroll
   for (int v = 0; v < NV; ++v) {
     const int64_t d = col<VEC>(v, lane);
@@ -116,6 +115,18 @@ __device__ __forceinline__ void update_row(W* __restrict__ weight, float* __rest
 #pragma unroll
       for (int k = 0; k < VEC; ++k) w[v][k] = 0.f;
     }
+  }
+}
+
+// One step of row r from its summed gradient g, its current values w and accumulator m_old.
+template <typename W, int VEC, int NV>
+__device__ __forceinline__ void update_row(W* __restrict__ weight, float* __restrict__ momentum, int64_t r,
+                                           const float (&g)[NV][VEC], const float (&w)[NV][VEC], float m_old,
+                                           int64_t D, int lane, const DeviceHyper& h) {
+  W* row = weight + r * D;
+  float sum_sq = 0.f;
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const float gg = h.mode == kWeightDecayL2 ? g[v][k] + h.wd * w[v][k] : g[v][k];
@@ -125,7 +136,7 @@ __device__ __forceinline__ void update_row(W* __restrict__ weight, float* __rest
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) sum_sq += __shfl_xor_sync(kFull, sum_sq, off);
   sum_sq = __shfl_sync(kFull, sum_sq, 0);  // lanes may differ in the last bit: everyone takes lane 0's
-  const float m_new = momentum[r] + sum_sq / static_cast<float>(D);
+  const float m_new = m_old + sum_sq / static_cast<float>(D);
   __syncwarp();
   if (lane == 0) momentum[r] = m_new;
   const float multiplier = h.lr / (sqrtf(m_new) + h.eps);
@@ -225,6 +236,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   const unsigned differ = __ballot_sync(kFull, !same);
   const int count = differ ? __ffs(differ) - 1 : 32;
   const bool continues = i + count < N && rows[i + count] == r;
+  const bool finishes_here = is_start && !continues;
+  float w[NV][VEC];
+  float m_old = 0.f;
+  if (finishes_here) {
+    load_row<W, VEC, NV>(weight, r, D, lane, w);
+    m_old = momentum[r];
+  }
   int64_t my_off = 0;
   float my_scale = 1.f;
   if (same) {
@@ -276,8 +294,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   }
-  if (is_start && !continues) {
-    update_row<W, VEC, NV>(weight, momentum, r, g, D, lane, h);
+  if (finishes_here) {
+    update_row<W, VEC, NV>(weight, momentum, r, g, w, m_old, D, lane, h);
     return;
   }
   float* slot = partial + (chunk * 2 + (is_start ? 1 : 0)) * D;  // 1: the run starts here, 0: continuation
@@ -331,7 +349,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t next = (nc + 1) * kChunk;
     if (next >= N || rows[next] != r) break;
   }
-  update_row<W, VEC, NV>(weight, momentum, r, g, D, lane, h);
+  float w[NV][VEC];
+  load_row<W, VEC, NV>(weight, r, D, lane, w);
+  update_row<W, VEC, NV>(weight, momentum, r, g, w, momentum[r], D, lane, h);
 }
 
 // ------------------------------------------------------------------------------------------------- host

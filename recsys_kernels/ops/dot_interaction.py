@@ -8,8 +8,8 @@ T = [dense; sparse] (B, F+1, D). Every unordered pair of rows of T gives one dot
   layout="upper": S[c, r] for c < r, row-major over the strictly-upper triangle (torchrec InteractionArch);
   self_interaction=True also keeps the diagonal, so P = n(n+1)/2 instead of n(n-1)/2 with n = F + 1.
 Returns concat(dense, pairs), zero-padded on the right to a multiple of ``pad_to_multiple`` (e.g. 8 for
-tensor-core-friendly top MLPs). dtypes float32, float16, bfloat16 (float32 accumulation; the C++ CPU kernel
-and the reference also take float64). B = 0 gives a (0, cols) result. Differentiable in dense and sparse.
+tensor-core-friendly top MLPs). dtypes float32, float16, bfloat16 (float32 accumulation) and float64 (float64
+accumulation; on CUDA a plain kernel meant for gradcheck, not speed). B = 0 gives a (0, cols) result. Differentiable in dense and sparse.
 
 Backends (chosen per call by recsys_kernels._backend):
   cuda      csrc/dot_interaction/dot_interaction_cuda.cu  — one pass, tensor cores for fp16/bf16

@@ -99,8 +99,7 @@ def test_opcheck(device, backend):
         torch.library.opcheck(backward.default, (grad, dense.detach(), sparse.detach(), self_interaction, layout))
 
 
-# The CUDA kernel computes in float32 and rejects float64 (tested below); every other backend takes it.
-@pytest.mark.parametrize("device,backend", [p for p in backend_params() if p.values[1] != "cuda"])
+@pytest.mark.parametrize("device,backend", backend_params())
 def test_gradcheck_float64(device, backend):
     require_backend(OP, device, backend)
     dense = torch.randn(2, 5, device=device, dtype=torch.float64, requires_grad=True)
@@ -178,13 +177,6 @@ def test_bad_input_raises_naming_the_argument(device, backend, needle, mutate, k
     dense, sparse = torch.randn(4, 8, device=device), torch.randn(4, 3, 8, device=device)
     with rk.use_backend(backend), pytest.raises((ValueError, RuntimeError), match=needle):
         rk.ops.dot_interaction(*mutate(dense, sparse), **kwargs)
-
-
-@pytest.mark.parametrize("device,backend", [p for p in backend_params(("cuda",)) if p.values[1] == "cuda"])
-def test_cuda_kernel_rejects_float64(device, backend):
-    require_backend(OP, device, backend)
-    with rk.use_backend(backend), pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
-        rk.ops.dot_interaction(torch.randn(4, 8, device=device).double(), torch.randn(4, 3, 8, device=device).double())
 
 
 @pytest.mark.parametrize("device,backend", [p for p in backend_params(("cuda",))])
