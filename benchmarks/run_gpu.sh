@@ -10,9 +10,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 start=$SECONDS
 python -m pip install --no-build-isolation --no-deps -e . >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "build: $((SECONDS - start)) s"
-HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-gpu}" timeout "${TEST_TIMEOUT:-300}" python -m pytest -m gpu -q \
-  ${TESTS:-tests} -p no:cacheprovider >"$out/gpu_tests.log" 2>&1
-echo "gpu tests: rc=$? ($((SECONDS - start)) s)"; tail -15 "$out/gpu_tests.log"
+# Each test file runs in its own process, all at once (Triton compiles are CPU-bound; the GPU has room).
+pids=(); logs=()
+for t in ${TESTS:-tests}; do
+  log="$out/gpu_tests_$(basename "$t" .py).log"; logs+=("$log")
+  HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-gpu}" timeout "${TEST_TIMEOUT:-300}" python -m pytest -m gpu -q -rfE \
+    "$t" -p no:cacheprovider >"$log" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; echo "gpu tests $(basename "${logs[$i]}"): rc=$? ($((SECONDS - start)) s)"; tail -4 "${logs[$i]}"
+done
 benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))
 for b in "${benches[@]}"; do
   RECSYS_KERNELS_GIT_REV="${GIT_REV:-unknown}" timeout "${BENCH_TIMEOUT:-600}" python -m "benchmarks.ops.$b" \
