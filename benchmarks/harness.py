@@ -307,7 +307,7 @@ class _Runner:
                 continue
             self.roofline(row)
             # Progress on stderr as each row finishes, so a run cut off by a time limit still says something.
-            print(f"# {case.label()} {p.name}: {row.ms:.4f} ms", file=sys.stderr, flush=True)
+            print(f"# {case.label} {p.name}: {row.ms:.4f} ms", file=sys.stderr, flush=True)
         base = next((r.ms for r in rows if r.provider == "reference" and r.ms), None)
         for r in rows:
             if base and r.ms:

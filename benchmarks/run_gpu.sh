@@ -19,7 +19,7 @@ for t in ${TESTS:-tests}; do
   pids+=($!)
 done
 for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"; echo "gpu tests $(basename "${logs[$i]}"): rc=$? ($((SECONDS - start)) s)"; tail -4 "${logs[$i]}"
+  wait "${pids[$i]}"; rc=$?; echo "gpu tests ${logs[$i]##*/}: rc=$rc ($((SECONDS - start)) s)"; tail -4 "${logs[$i]}"
 done
 benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))
 for b in "${benches[@]}"; do
