@@ -7,7 +7,7 @@ semantics in recsys_kernels/reference/rowwise_adagrad.py). Deterministic, no flo
 1. every occurrence p gets its row (fused: ``table_offsets[t] + indices[p]`` with t from p's bag), and a
    stable ``torch.sort`` groups occurrences by row, positions ascending inside a row;
 2. the sorted occurrences are cut into chunks of CH positions; a *piece* is the part of a row's run inside
-   one chunk. One program per piece sums its gradient rows in position order (fused: read straight from
+   one chunk. One program per piece loads its gradient rows as one tile and sums them (fused: read straight from
    grad_output[sample, table slice], times the per-sample weight or 1 / bag length — no (N, D) gradient).
    A run that fits in its chunk is finished by the same program: mean of squares, momentum, row update;
 3. runs that cross chunk boundaries left one partial sum per chunk (slot 1 of the chunk where they start,
@@ -45,25 +45,28 @@ def _mix32(x):
 
 
 @triton.jit
-def _gather_sum(g, grad_ptr, perm_ptr, bag_ptr, psw_ptr, off_ptr, start, count, ld, B, D, d, dmask,
-                FUSED: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr):
-    """g + the gradient rows of sorted occurrences [start, start + count), in order."""
-    for k in range(0, count):
-        p = tl.load(perm_ptr + start + k)
-        if FUSED:
-            bag = tl.load(bag_ptr + p)
-            t = bag // B
-            row_off = (bag - t * B) * ld + t * D
-        else:
-            row_off = p * ld
-        x = tl.load(grad_ptr + row_off + d, mask=dmask, other=0.0).to(tl.float32)
-        if HAS_PSW:
-            x = x * tl.load(psw_ptr + p)
-        if MEAN:
-            n = tl.load(off_ptr + bag + 1) - tl.load(off_ptr + bag)
-            x = x * (1.0 / n.to(tl.float32))
-        g = g + x
-    return g
+def _gather_sum(grad_ptr, perm_ptr, bag_ptr, psw_ptr, off_ptr, start, count, ld, B, D, d, dmask,
+                FUSED: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr, CH: tl.constexpr):
+    """The sum of the gradient rows of sorted occurrences [start, start + count), count <= CH: all of them are
+    loaded at once as one (CH, BLOCK_D) tile (independent loads in flight, not a chain per occurrence) and
+    reduced by the same fixed tree every run, so the result is deterministic."""
+    k = tl.arange(0, CH)
+    km = k < count
+    p = tl.load(perm_ptr + start + k, mask=km, other=0)
+    if FUSED:
+        bag = tl.load(bag_ptr + p, mask=km, other=0)
+        t = bag // B
+        row_off = (bag - t * B) * ld + t * D
+    else:
+        row_off = p * ld
+    x = tl.load(grad_ptr + row_off[:, None] + d[None, :], mask=km[:, None] & dmask[None, :], other=0.0)
+    x = x.to(tl.float32)
+    if HAS_PSW:
+        x = x * tl.load(psw_ptr + p, mask=km, other=0.0)[:, None]
+    if MEAN:
+        n = tl.load(off_ptr + bag + 1, mask=km, other=1) - tl.load(off_ptr + bag, mask=km, other=0)
+        x = x * (1.0 / n.to(tl.float32))[:, None]
+    return tl.sum(x, axis=0)
 
 
 @triton.jit
@@ -119,7 +122,7 @@ def _piece_kernel(rows_ptr, perm_ptr, grad_ptr, bag_ptr, psw_ptr, off_ptr, weigh
                   FUSED: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr, MODE: tl.constexpr,
                   SR_DROP: tl.constexpr, CH: tl.constexpr, BLOCK_D: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
-    r = tl.load(rows_ptr + i)
+    r = tl.load(rows_ptr + i).to(tl.int64)  # rows may be sorted as int32; r * D needs 64 bits
     prev = tl.load(rows_ptr + i - 1, mask=i > 0, other=-1)
     is_start = (i == 0) | (prev != r)
     chunk = i // CH
@@ -132,9 +135,8 @@ def _piece_kernel(rows_ptr, perm_ptr, grad_ptr, bag_ptr, psw_ptr, off_ptr, weigh
         continues = tl.load(rows_ptr + nxt, mask=nxt < N, other=-1) == r
         d = tl.arange(0, BLOCK_D)
         dmask = d < D
-        g = tl.zeros([BLOCK_D], dtype=tl.float32)
-        g = _gather_sum(g, grad_ptr, perm_ptr, bag_ptr, psw_ptr, off_ptr, i, count, ld, B, D, d, dmask,
-                        FUSED, HAS_PSW, MEAN)
+        g = _gather_sum(grad_ptr, perm_ptr, bag_ptr, psw_ptr, off_ptr, i, count, ld, B, D, d, dmask,
+                        FUSED, HAS_PSW, MEAN, CH)
         if is_start & (continues == 0):
             _update_row(weight_ptr, momentum_ptr, r, g, d, dmask, D, lr, eps, wd, sr_key, MODE, SR_DROP)
         else:
@@ -148,7 +150,7 @@ def _finish_kernel(rows_ptr, weight_ptr, momentum_ptr, partial_ptr, N, D, lr, ep
     c = tl.program_id(0).to(tl.int64)
     first = c * CH
     last = tl.minimum(first + CH, N) - 1
-    r = tl.load(rows_ptr + last)
+    r = tl.load(rows_ptr + last).to(tl.int64)
     after = tl.load(rows_ptr + last + 1, mask=last + 1 < N, other=-1)
     before = tl.load(rows_ptr + first - 1, mask=first > 0, other=-1)
     # The run at the end of chunk c goes on past it and started inside it: this program finishes it.
@@ -208,7 +210,9 @@ def _run_kernels(weight: torch.Tensor, momentum: torch.Tensor, rows: torch.Tenso
                  lr: float, eps: float, weight_decay: float, weight_decay_mode: str, seed: int) -> None:
     N = rows.shape[0]
     D = weight.shape[1]
-    sorted_rows, perm = torch.sort(rows, stable=True)
+    # Rows fit in 32 bits for any table that fits in memory: a 32-bit sort makes half the radix passes.
+    keys = rows.to(torch.int32) if weight.shape[0] <= torch.iinfo(torch.int32).max else rows
+    sorted_rows, perm = torch.sort(keys, stable=True)
     num_chunks = triton.cdiv(N, _CH)
     partial = torch.empty((num_chunks * 2, D), dtype=torch.float32, device=weight.device)
     block_d = triton.next_power_of_2(D)
