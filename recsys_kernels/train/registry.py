@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 MODELS: dict[str, Callable[[Any, dict], Any]] = {}
 CONFIGS: dict[str, dict] = {}
-# model name -> name of its default config in CONFIGS
+# model name -> name of its default config in CONFIGS, and the names of all its configs
 DEFAULT_CONFIG: dict[str, str] = {}
+MODEL_CONFIGS: dict[str, list[str]] = {}
 IMPORT_ERRORS: dict[str, str] = {}
 
 # Models whose command line is owned by another module (``main(argv)``); the CLI hands over to it.
@@ -39,6 +40,9 @@ def register(name: str, task_factory: Callable[[Any, dict], Any], configs: dict[
     MODELS[name] = task_factory
     for cname, cfg in (configs or {}).items():
         CONFIGS[cname] = dict(cfg)
+        MODEL_CONFIGS.setdefault(name, [])
+        if cname not in MODEL_CONFIGS[name]:
+            MODEL_CONFIGS[name].append(cname)
     if default_config is not None:
         DEFAULT_CONFIG[name] = default_config
     elif configs:
