@@ -106,8 +106,8 @@ class HSTU(SequentialModel):
         query = self.labelled(hidden, batch)
         neg_ids = sample_negatives(self.num_items, query.shape[0], self.num_negatives, self.shared_negatives,
                                    query.device)
-        pos = F.normalize(self.items(batch.labels), dim=-1, eps=_EPS)
-        neg = F.normalize(self.items(neg_ids), dim=-1, eps=_EPS)
+        pos = self.items.normalized(batch.labels, _EPS)
+        neg = self.items.normalized(neg_ids, _EPS)
         return sampled_softmax_loss(query, pos, neg, batch.labels, neg_ids, self.temperature)
 
     def scores(self, hidden_last: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,7 @@ class SASRec(SequentialModel):
         self.final_norm = torch.nn.LayerNorm(embedding_dim, eps=1e-8)
 
     def _item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        e = self.items(ids)
-        return F.normalize(e, dim=-1, eps=1e-6) if self.l2 else e
+        return self.items.normalized(ids, 1e-6) if self.l2 else self.items(ids)
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         N = batch.items.shape[1]

@@ -82,6 +82,15 @@ class ItemTable(torch.nn.Module):
     def full(self) -> torch.Tensor:
         return self.weight
 
+    def normalized(self, ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """ids (*S) -> (*S, D) l2-normalised rows. Dense tables normalise the (num_rows, D) table once and
+        gather, far cheaper than normalising K sampled rows per position; sparse tables normalise the
+        gathered rows, so the gradient stays on the rows the batch touched."""
+        if self.sparse:
+            return F.normalize(self(ids), dim=-1, eps=eps)
+        table = F.normalize(self.weight, dim=-1, eps=eps)
+        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, self.dim)
+
     def extra_repr(self) -> str:
         return f"{self.num_rows}, {self.dim}, sparse={self.sparse}"
 
