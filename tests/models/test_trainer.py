@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -91,3 +92,16 @@ def test_popularity_baseline_and_exclusion():
     for u in range(len(ranks)):
         history = set(task.splits["test"].inputs[u].tolist()) - {int(task.splits["test"].targets[u])}
         assert int(ranks[u]) <= task.num_items - 1 - len(history)
+
+
+@pytest.mark.parametrize("have_tqdm", [False, True])
+def test_progress_shows_loss_and_throughput(capsys, monkeypatch, have_tqdm):
+    if have_tqdm:
+        pytest.importorskip("tqdm")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails: the single-line printer
+    task = tiny_task("gru4rec", epochs=1)
+    fit(task, task.config, log=_quiet, progress=True)
+    err = capsys.readouterr().err
+    n = task.num_train_batches()
+    assert "epoch 1/1" in err and f"{n}/{n}" in err and "loss=" in err and "samples_s=" in err
