@@ -48,8 +48,8 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "hstu-beauty": dict(HSTU_ML_1M, max_len=50),
         "hstu-tiny": dict(HSTU_ML_1M, **_TINY, embedding_dim=16, dqk=8, dv=8, num_negatives=16, dropout=0.1,
                           linear_dropout=0.1),
-        # the demo: ~2000 synthetic users, sized to train in well under a minute on two CPU cores
-        "hstu-demo": dict(HSTU_ML_1M, epochs=4, batch_size=64, embedding_dim=32, dqk=32, dv=32, max_len=50,
+        # the demo: 2000 synthetic users; 8 epochs train in ~10 s on two idle CPU cores (HR@10 ~0.84)
+        "hstu-demo": dict(HSTU_ML_1M, epochs=8, batch_size=64, embedding_dim=32, dqk=32, dv=32, max_len=50,
                           num_negatives=64, dropout=0.1, linear_dropout=0.1, eval_batch_size=512, lr=2e-3),
     },
     "sasrec": {
