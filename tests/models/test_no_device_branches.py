@@ -7,9 +7,9 @@ from pathlib import Path
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
-# a device test in any spelling: is_cuda, device.type, torch.cuda.*, .is_available(), a device name compared
-FORBIDDEN = re.compile(r"\.is_cuda\b|\.is_cpu\b|\bdevice\.type\b|\.device\s*==|torch\.cuda\b|torch\.hpu\b|"
-                       r"habana|is_available\(\)|\bif\b[^\n]*[\"'](cuda|cpu|hpu|xpu|mps)[\"']")
+# a device test in any spelling: is_cuda, x.type ==, x.device ==, torch.cuda.*, an if naming a device
+FORBIDDEN = re.compile(r"\.is_cuda\b|\.is_cpu\b|\bdevice\.type\b|\w\.type\s*[!=]=|\.device\s*[!=]=|"
+                       r"torch\.(cuda|hpu|xpu|mps)\b|habana|\bif\b[^\n]*[\"'](cuda|cpu|hpu|xpu|mps)[\"']")
 
 
 def test_models_have_no_device_if():
@@ -24,7 +24,8 @@ def test_models_have_no_device_if():
 
 def test_pattern_catches_the_usual_spellings():
     for bad in ('if x.is_cuda:', 'if x.device.type == "cuda":', 'torch.cuda.synchronize()',
-                'if device == "cpu":', 'y = a if torch.cuda.is_available() else b'):
+                'if device == "cpu":', 'y = a if torch.cuda.is_available() else b', 'if dev.type != "cpu":'):
         assert FORBIDDEN.search(bad), bad
-    for fine in ('x = torch.zeros(3, device=ids.device)', 'h = h.to(device)'):
+    for fine in ('x = torch.zeros(3, device=ids.device)', 'h = h.to(device)',
+                 'if torch.distributed.is_available():'):
         assert not FORBIDDEN.search(fine), fine
