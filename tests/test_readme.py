@@ -17,8 +17,8 @@ def test_test_command_installs_test_extras_and_runs_pytest():
     assert '".[test]"' in cmd and "--no-build-isolation" in cmd and cmd.endswith("python -m pytest -q")
 
 
-def test_main_command_runs_the_entry_point():
+def test_main_command_runs_the_demo():
     cmd = command("main-command")
-    assert cmd.endswith("recsys-kernels")
+    assert cmd.endswith("recsys-kernels demo")
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'recsys-kernels = "recsys_kernels.__main__:main"' in pyproject
