@@ -1,0 +1,185 @@
+"""Training stages, single-process or under ``torchrun`` (DistributedDataParallel).
+
+A ``Stage`` names which parameters train (LoRA, a mapper, projectors), how to build a batch from example
+indices, and its length; ``run_stage`` freezes everything else, wraps the model in DDP when a process group
+is up, and runs AdamW. Every rank shuffles the examples with the same seed and takes every world-th batch
+slice, so together they see one epoch. Losses are averaged over ranks only for the log.
+
+Under torchrun: ``init_distributed()`` reads LOCAL_RANK/WORLD_SIZE, picks nccl (CUDA), hccl (Gaudi) or gloo
+(CPU), and returns the device this rank uses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .prompts import PromptBatch
+
+__all__ = ["Stage", "StageResult", "DistContext", "init_distributed", "run_stage", "broadcast_module"]
+
+_BACKENDS = {"cuda": "nccl", "hpu": "hccl"}
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> tuple[DistContext, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1; (context, this rank's device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type != "cpu" and dev.index is None and world > 1:
+        dev = torch.device(dev.type, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(_BACKENDS.get(dev.type, "gloo"))
+    if world > 1:
+        return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size()), dev
+    return DistContext(), dev
+
+
+def broadcast_module(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank (after a pretraining every rank ran on its own)."""
+    if not ctx.active:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            torch.distributed.broadcast(t.data, src=0)
+
+
+@dataclass
+class Stage:
+    """One training stage.
+
+    trainable:  model -> the parameters this stage trains (all others are frozen).
+    batch:      (example indices (b,) int64, progress in [0, 1]) -> PromptBatch on the host.
+    """
+
+    name: str
+    trainable: Callable[[torch.nn.Module], list[torch.nn.Parameter]]
+    batch: Callable[[np.ndarray, float], PromptBatch]
+    num_examples: int
+    batch_size: int = 8
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def total_steps(self, world: int = 1) -> int:
+        per_epoch = math.ceil(self.num_examples / (self.batch_size * world))
+        steps = max(1, math.ceil(per_epoch * self.epochs))
+        return min(steps, self.max_steps) if self.max_steps is not None else steps
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    stopped_by_budget: bool = False
+
+    def summary(self) -> dict:
+        k = max(1, min(10, len(self.losses) // 4 or 1))
+        first = float(np.mean(self.losses[:k])) if self.losses else float("nan")
+        last = float(np.mean(self.losses[-k:])) if self.losses else float("nan")
+        return {"stage": self.name, "steps": self.steps, "seconds": round(self.seconds, 1),
+                "loss_first": first, "loss_last": last, "stopped_by_budget": self.stopped_by_budget}
+
+
+def _step_indices(stage: Stage, ctx: DistContext):
+    """Yield this rank's example indices for each step, epoch after epoch (reshuffled per epoch)."""
+    epoch = 0
+    global_batch = stage.batch_size * ctx.world
+    while True:
+        order = np.random.default_rng(stage.seed + epoch).permutation(stage.num_examples)
+        for start in range(0, len(order), global_batch):
+            chunk = order[start:start + global_batch]
+            mine = chunk[ctx.rank::ctx.world]
+            if len(mine) == 0:  # a short final chunk: every rank must still step together
+                mine = chunk[:1]
+            yield mine
+        epoch += 1
+
+
+def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: DistContext | None = None, *,
+              time_budget_s: float | None = None, log_every: int = 0, log: Callable[[str], None] = print) -> StageResult:
+    """Train ``stage.trainable(model)`` for stage.total_steps(world) AdamW steps (or until the time budget)."""
+    ctx = ctx or DistContext()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for p in stage.trainable(model)]
+    if not params:
+        raise ValueError(f"stage {stage.name!r} has no trainable parameters")
+    for p in params:
+        p.requires_grad_(True)
+    # Trainable parts stay float32 under a bf16 backbone: peft keeps adapters in float32 by default, and
+    # mappers/projectors are built in float32; their outputs are cast to the backbone's dtype at the splice.
+    runner: torch.nn.Module = model
+    if ctx.active:
+        # find_unused_parameters: a text-only curriculum batch never touches the projector.
+        runner = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    total = stage.total_steps(ctx.world)
+    warm = max(1, min(stage.warmup_steps, total // 10 or 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))) + 1e-3)
+    model.train()
+    result = StageResult(stage.name, 0, 0.0)
+    start = time.perf_counter()
+    for step, idx in zip(range(total), _step_indices(stage, ctx)):
+        batch = stage.batch(np.asarray(idx, dtype=np.int64), step / max(1, total - 1)).to(device)
+        loss = runner(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if stage.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+        opt.step()
+        sched.step()
+        value = loss.detach()
+        if ctx.active:
+            torch.distributed.all_reduce(value)
+            value /= ctx.world
+        result.losses.append(float(value))
+        result.steps = step + 1
+        if log_every and ctx.is_main and (step + 1) % log_every == 0:
+            log(f"[{stage.name}] step {step + 1}/{total} loss {np.mean(result.losses[-log_every:]):.4f} "
+                f"({time.perf_counter() - start:.0f} s)")
+        if time_budget_s is not None and _out_of_time(start, time_budget_s, ctx, device):
+            result.stopped_by_budget = step + 1 < total
+            break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _out_of_time(start: float, budget: float, ctx: DistContext, device: torch.device) -> bool:
+    """Whether the budget is spent; ranks agree (rank 0's clock) so none waits forever in an all-reduce."""
+    over = torch.tensor([1.0 if time.perf_counter() - start > budget else 0.0], device=device)
+    if ctx.active:
+        torch.distributed.broadcast(over, src=0)
+    return bool(over.item())
