@@ -21,30 +21,38 @@
 namespace recsys {
 namespace {
 
-constexpr int64_t kMR = 4, kNR = 16;  // register block of C: rows x columns
+constexpr int kMR = 4, kNR = 16;  // register block of C: rows x columns
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// One kMR x kCols block of C = A . B at (i0, j0): the block stays in vector registers while k runs; per step,
+// kMR broadcasts of A, kCols / lanes loads of B and kMR * kCols / lanes FMAs, and no horizontal sums.
+template <int kCols, typename T>
+inline __attribute__((always_inline)) void gemm_block(const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                                                      int64_t ldc, int64_t i0, int64_t j0, int64_t K) {
+  T acc[kMR][kCols] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    const T* b = B + k * ldb + j0;
+    for (int64_t i = 0; i < kMR; ++i) {
+      const T a = A[(i0 + i) * lda + k];
+#pragma omp simd
+      for (int64_t j = 0; j < kCols; ++j) acc[i][j] += a * b[j];
+    }
+  }
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma omp simd
+    for (int64_t j = 0; j < kCols; ++j) C[(i0 + i) * ldc + j0 + j] = acc[i][j];
+}
+
 // C (m, N) = A (m, K) . B (K, N), row-major with leading dimensions; m a multiple of kMR and N of kNR (the
-// callers zero-pad their scratch). Each kMR x kNR block of C stays in vector registers while k runs: per
-// step, kMR broadcasts of A, one kNR-wide load of B and kMR FMAs per lane group, and no horizontal sums.
+// callers zero-pad their scratch). Blocks 4 x 64 wide where they fit (16 AVX-512 accumulators: four FMAs per
+// load of B instead of one), then 4 x 16.
 template <typename T>
 inline __attribute__((always_inline)) void gemm_rows_impl(const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                                                           int64_t ldc, int64_t m, int64_t K, int64_t N) {
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
-    for (int64_t j0 = 0; j0 < N; j0 += kNR) {
-      T acc[kMR][kNR] = {};
-      for (int64_t k = 0; k < K; ++k) {
-        const T* b = B + k * ldb + j0;
-        for (int64_t i = 0; i < kMR; ++i) {
-          const T a = A[(i0 + i) * lda + k];
-#pragma omp simd
-          for (int64_t j = 0; j < kNR; ++j) acc[i][j] += a * b[j];
-        }
-      }
-      for (int64_t i = 0; i < kMR; ++i)
-#pragma omp simd
-        for (int64_t j = 0; j < kNR; ++j) C[(i0 + i) * ldc + j0 + j] = acc[i][j];
-    }
+    int64_t j0 = 0;
+    for (; j0 + 4 * kNR <= N; j0 += 4 * kNR) gemm_block<4 * kNR>(A, lda, B, ldb, C, ldc, i0, j0, K);
+    for (; j0 < N; j0 += kNR) gemm_block<kNR>(A, lda, B, ldb, C, ldc, i0, j0, K);
   }
 }
 
@@ -111,7 +119,10 @@ RECSYS_SIMD_DISPATCH(void, gemm_rows, gemm_rows_impl, RECSYS_GEMM_PARAMS(double)
 // accumulators; summing each one horizontally on its own (what the compiler makes of the simd reduction: the
 // accumulators spilled and re-read lane by lane) cost several times the FMAs. Here one transpose-and-add tree
 // turns the 16 accumulators into one vector of their 16 sums: 8 + 4 + 4 shuffle-adds instead of 16 reductions.
-// ld must be a multiple of 16 (Scratch pads rows to kNR = 16).
+// ld must be a multiple of 16 (Scratch pads rows to kNR = 16). (GCC 12's avx512fintrin.h trips its own
+// -Wmaybe-uninitialized on the _mm512_undefined_* inside these intrinsics; silenced for this function only.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f,avx512vl,fma"))) void gram_lower_f32_avx512(const float* const* rows, int64_t ld,
                                                                            int64_t n_rows, float* c, int64_t ldc) {
   for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
@@ -151,6 +162,8 @@ __attribute__((target("avx512f,avx512vl,fma"))) void gram_lower_f32_avx512(const
     }
   }
 }
+
+#pragma GCC diagnostic pop
 
 __attribute__((target("avx2,fma"))) void gram_lower_f32_avx2(const float* const* rows, int64_t ld, int64_t n_rows,
                                                              float* c, int64_t ldc) {
