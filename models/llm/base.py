@@ -16,6 +16,17 @@ from .prompts import PromptBatch
 __all__ = ["LLMRecommender", "MLPProjector"]
 
 
+def _to_cpu(value):
+    """A CPU copy of a state-dict entry (tensors, or a module's extra state holding tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
 class MLPProjector(torch.nn.Sequential):
     """in_dim -> hidden -> out_dim with GELU: the mapper/projector shape CoLLM, LLaRA and A-LLMRec use."""
 
@@ -75,7 +86,7 @@ class LLMRecommender(torch.nn.Module):
         """State dict without the backbone's pretrained weights (LoRA adapters kept), on the CPU: Gaudi
         refuses to serialise device tensors, and a checkpoint should load anywhere."""
         skip = {f"backbone.{k}" for k in self.backbone.base_state_names()}
-        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k not in skip}
+        return {k: _to_cpu(v) for k, v in self.state_dict().items() if k not in skip}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         skip = {f"backbone.{k}" for k in self.backbone.base_state_names()}

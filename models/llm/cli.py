@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backbone", default="smollm2", help='a model folder, a .gguf file, or "smollm2"')
         p.add_argument("--gguf-file", default=None, help="GGUF file name inside --backbone")
         p.add_argument("--data", default=None, help="data path (default: the shared data folder)")
-        p.add_argument("--device", default=None, help="cpu, cuda, hpu (default: cuda when available)")
-        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                       help="backbone dtype; auto = bfloat16 off the CPU (never 8-bit)")
+        p.add_argument("--device", default=None, help="cpu, cuda, hpu (default: the accelerator, else cpu)")
+        p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                       help="backbone weights' dtype (never 8-bit); float32 is the better choice on a CPU")
         p.add_argument("--text-embeddings", default=None, help="A-LLMRec: (num_items + 1, D) .npy of title embeddings")
         p.add_argument("--text-encoder", default=None, help="A-LLMRec: sentence encoder folder (default all-MiniLM-L6-v2)")
         p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N rows per split")
@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def backbone_from_args(args: argparse.Namespace, device: torch.device):
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
-    if dtype is None:  # "auto": bf16 on accelerators (Gaudi and CUDA), float32 on the CPU
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     path = smollm2_path() if args.backbone == "smollm2" else Path(args.backbone)
     return load_backbone(path, gguf_file=args.gguf_file, dtype=dtype, device=device)
 

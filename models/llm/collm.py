@@ -65,7 +65,8 @@ def liked_sequences(rows: CTRRows) -> list[np.ndarray]:
 def pretrain_cf(data: CoLLMData, config: dict, device: torch.device, *, pretrain: bool = True) -> CollaborativeEncoder:
     """The collaborative model of ``config["cf"]``, trained on the training rows (untrained shell when
     ``pretrain`` is False: a checkpoint is about to fill it)."""
-    train, kind, dim, seed = data.splits["train"], config["cf"], int(config["cf_dim"]), int(config["seed"])
+    train = data.cf_train if data.cf_train is not None else data.splits["train"]
+    kind, dim, seed = config["cf"], int(config["cf_dim"]), int(config["seed"])
     epochs = int(config["cf_epochs"]) if pretrain else 0
     if kind == "pmf":
         return PMFEncoder(train_pmf(train.users, train.items, train.labels, data.num_users, data.num_items, dim=dim,

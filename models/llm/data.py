@@ -47,12 +47,15 @@ class CTRRows:
 
 @dataclass
 class CoLLMData:
-    """Splits "train"/"valid"/"test"; ``titles[i]`` is item i's title ("" for ids never seen)."""
+    """Splits "train"/"valid"/"test"; ``titles[i]`` is item i's title ("" for ids never seen).
+    ``cf_train``: the rows the collaborative model pretrains on (all training rows, also when the LLM
+    stages are limited to fewer); None means splits["train"]."""
 
     splits: dict[str, CTRRows]
     titles: list[str]
     num_users: int
     num_items: int
+    cf_train: CTRRows | None = None
 
 
 @dataclass

@@ -59,7 +59,10 @@ def load_data(name: str, path: str | Path | None = None, *, seed: int = 0):
 
 
 def limit_splits(data, train: int | None = None, evaluation: int | None = None, seed: int = 0):
-    """The same data with at most ``train`` training rows and ``evaluation`` valid/test rows (seeded)."""
+    """The same data with at most ``train`` training rows and ``evaluation`` valid/test rows (seeded).
+    The collaborative models still pretrain on every training row (``cf_train``, ``train_sequences``)."""
+    if hasattr(data, "cf_train") and data.cf_train is None:
+        data.cf_train = data.splits["train"]
     data.splits = {s: subset(rows, train if s == "train" else evaluation, seed) for s, rows in data.splits.items()}
     return data
 

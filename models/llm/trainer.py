@@ -5,8 +5,8 @@ indices, and its length; ``run_stage`` freezes everything else, wraps the model 
 is up, and runs AdamW. Every rank shuffles the examples with the same seed and takes every world-th batch
 slice, so together they see one epoch. Losses are averaged over ranks only for the log.
 
-Under torchrun: ``init_distributed()`` reads LOCAL_RANK/WORLD_SIZE, picks nccl (CUDA), hccl (Gaudi) or gloo
-(CPU), and returns the device this rank uses.
+Under torchrun: ``init_distributed()`` reads LOCAL_RANK/WORLD_SIZE, joins the process group with torch's
+default backend for the device (nccl, hccl, gloo), and returns the device this rank uses.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from .prompts import PromptBatch
 
 __all__ = ["Stage", "StageResult", "DistContext", "init_distributed", "run_stage", "broadcast_module"]
 
-_BACKENDS = {"cuda": "nccl", "hpu": "hccl"}
-
-
 @dataclass
 class DistContext:
     rank: int = 0
@@ -34,7 +31,8 @@ class DistContext:
 
     @property
     def active(self) -> bool:
-        return self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        # A process group of one also counts: the DDP path then runs (and is tested) on a single process.
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     @property
     def is_main(self) -> bool:
@@ -42,19 +40,28 @@ class DistContext:
 
 
 def init_distributed(device: str | None = None) -> tuple[DistContext, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1; (context, this rank's device)."""
+    """This rank's device, and the torchrun process group joined when WORLD_SIZE > 1.
+
+    Without ``device``: the machine's accelerator (CUDA, Gaudi, ...) numbered LOCAL_RANK, else the CPU. The
+    process-group backend is torch's default for that device (nccl, hccl, gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type != "cpu" and dev.index is None and world > 1:
-        dev = torch.device(dev.type, local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+    accelerator = torch.accelerator.current_accelerator(check_available=True) if device is None else None
+    if accelerator is not None:
+        torch.accelerator.set_device_index(local)
+        dev = torch.device(accelerator.type, local)
+    else:
+        dev = torch.device(device or "cpu")
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(_BACKENDS.get(dev.type, "gloo"))
-    if world > 1:
-        return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size()), dev
-    return DistContext(), dev
+        torch.distributed.init_process_group(torch.distributed.get_default_backend_for_device(dev))
+    return context(), dev
+
+
+def context() -> DistContext:
+    """This process's rank and world size (0 and 1 without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return DistContext()
 
 
 def broadcast_module(module: torch.nn.Module, ctx: DistContext) -> None:
