@@ -149,15 +149,21 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
         # find_unused_parameters: a text-only curriculum batch never touches the projector.
         runner = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
-    total = stage.total_steps(ctx.world)
-    warm = max(1, min(stage.warmup_steps, total // 10 or 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))) + 1e-3)
+    # ``plan["total"]`` may shrink once to what the time budget allows, so the cosine decay still ends at 0
+    # and the curriculum still reaches 1 within the budget.
+    plan = {"total": stage.total_steps(ctx.world)}
+    warm = max(1, min(stage.warmup_steps, plan["total"] // 10 or 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.999 * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / plan["total"]))) + 1e-3)
     model.train()
     result = StageResult(stage.name, 0, 0.0)
     start = time.perf_counter()
-    for step, idx in zip(range(total), _step_indices(stage, ctx)):
-        batch = stage.batch(np.asarray(idx, dtype=np.int64), step / max(1, total - 1)).to(device)
+    after_first = start
+    indices = _step_indices(stage, ctx)
+    step = 0
+    while step < plan["total"]:
+        idx = next(indices)
+        batch = stage.batch(np.asarray(idx, dtype=np.int64), step / max(1, plan["total"] - 1)).to(device)
         loss = runner(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,18 +176,38 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
             torch.distributed.all_reduce(value)
             value /= ctx.world
         result.losses.append(float(value))
-        result.steps = step + 1
-        if log_every and ctx.is_main and (step + 1) % log_every == 0:
-            log(f"[{stage.name}] step {step + 1}/{total} loss {np.mean(result.losses[-log_every:]):.4f} "
+        step += 1
+        result.steps = step
+        if log_every and ctx.is_main and step % log_every == 0:
+            log(f"[{stage.name}] step {step}/{plan['total']} loss {np.mean(result.losses[-log_every:]):.4f} "
                 f"({time.perf_counter() - start:.0f} s)")
-        if time_budget_s is not None and _out_of_time(start, time_budget_s, ctx, device):
-            result.stopped_by_budget = step + 1 < total
-            break
+        if step == 1:
+            after_first = time.perf_counter()  # the first step pays for allocation and kernel warm-up
+        if time_budget_s is not None:
+            if step == _FIT_AFTER:
+                plan["total"] = min(plan["total"], _fit_steps(step, start, after_first, time_budget_s, ctx, device))
+            if _out_of_time(start, time_budget_s, ctx, device):
+                result.stopped_by_budget = step < plan["total"]
+                break
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     result.seconds = time.perf_counter() - start
     return result
+
+
+_FIT_AFTER = 8
+
+
+def _fit_steps(step: int, start: float, after_first: float, budget: float, ctx: DistContext,
+               device: torch.device) -> int:
+    """Steps that fit the budget at the pace of steps 2..``step`` (rank 0's estimate, shared)."""
+    now = time.perf_counter()
+    pace = (now - after_first) / max(1, step - 1)
+    fit = torch.tensor([step + int(max(0.0, budget - (now - start)) / max(pace, 1e-6))], device=device)
+    if ctx.active:
+        torch.distributed.broadcast(fit, src=0)
+    return max(step, int(fit.item()))
 
 
 def _out_of_time(start: float, budget: float, ctx: DistContext, device: torch.device) -> bool:
