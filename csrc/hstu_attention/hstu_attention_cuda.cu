@@ -1,0 +1,866 @@
+// Jagged HSTU attention, CUDA kernels. HSTU: Zhai et al., "Actions Speak Louder than Words: Trillion-Parameter
+// Sequential Transducers for Generative Recommendations", ICML 2024; tiling after FlashAttention-2 (Dao, 2023).
+// Semantics (mask, relative bias, precision) in recsys_kernels/reference/hstu_attention.py.
+//
+// Per sequence b and head h: S = alpha Q Kᵀ + R, P = SiLU(S) / N ⊙ M, O = P V. There is no softmax, so the
+// forward needs no running max or normaliser: O is a plain sum over key tiles.
+//
+// Forward: one block per (query block, head, sequence), 4 warps, each warp owning 16 or 32 query rows. Q stays
+// in shared memory; K and V tiles stream through two cp.async stages. Per key tile a warp computes its slice of
+// S with mma.sync m16n8k16 (fp32 accumulators), adds R (pos_bias by j - i, time_bias by the bucket of the
+// timestamp gap, both gathered per element from the two small tables: R is never materialised), applies the
+// mask and SiLU, rounds P to fp16/bf16 in registers (the accumulator layout of S is the A-operand layout of
+// P V) and accumulates O. Key tiles outside the block's key span (causal diagonal, local window) are never
+// loaded; tiles entirely inside the mask skip the per-element test. Head dims are padded with zeros in shared
+// memory up to 64, 128 or 256 (the template size), so 25 or 50 need nothing from the caller. fp32 and fp64 run
+// the same kernels with FMA tile products (fp64 exists for gradcheck).
+//
+// Backward, deterministic (no atomics): a dK/dV kernel per key block walks the query blocks that can see it
+// (S and dP recomputed transposed, dV += Pᵀ dO, dK += dSᵀ Q); a dQ kernel per query block walks its key tiles
+// (dQ += dS K) and also reduces the bias gradient dR = dS (unrounded, summed over heads): per tile, the
+// diagonal sums of dS (one thread per diagonal, fixed order, carried across neighbouring tiles) go to a
+// per-program slice of a scratch buffer indexed by j - i, and the time buckets go to per-warp histograms
+// (lanes of equal bucket combined by a fixed shuffle tree). Two small kernels then sum the slices in a fixed
+// order. Every result is bit-identical run to run.
+//
+// Work lists: the host (which reads seq_offsets anyway for the input checks) lists the non-empty programs, so
+// max_seq_len far above the real lengths costs nothing, programs of one (sequence, head) run side by side
+// (K and V stay in L2), and the heaviest query blocks of a causal mask start first.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "hstu_attention/hstu_attention_cuda.cuh"
+
+namespace recsys {
+namespace hstu_cuda {
+namespace {
+
+// ---------------------------------------------------------------- tiles
+template <typename T, int DP>
+struct Cfg {
+  static constexpr bool kTC = kTensorCores<T>;
+  static constexpr int kLd = DP + 16 / static_cast<int>(sizeof(T));  // 16-byte row pad: conflict-free ldmatrix
+  // 4 warps; 2 on the FMA path for wide fp32/fp64 rows so that the tiles fit an A100's shared memory.
+  static constexpr int kWarps = kTC || DP * sizeof(T) <= 512 ? 4 : 2;
+  static constexpr int kThreads = 32 * kWarps;
+  // Tile sizes keep the fp32 accumulators of a warp (O or dQ or dK + dV, plus S and dP) within 255 registers
+  // without spills at every head dim; 32 query rows per warp halve the shared-memory reads per mma where they fit
+  // (the 128 x 32 / 64 x 64 choice of FlashAttention-2 at head dim 128).
+  static constexpr int kFwdWM = kTC && DP <= 128 ? 32 : 16;      // forward: query rows per warp
+  static constexpr int kFwdBM = kWarps * kFwdWM;
+  static constexpr int kFwdBN = kTC && DP <= 64 ? 64 : 32;       // forward: key tile
+  static constexpr int kDqBM = kWarps * 16;                      // dQ: 16 query rows per warp
+  static constexpr int kDqBN = kTC && DP <= 128 ? 64 : 32;       // dQ: key tile
+  static constexpr int kKvBN = kWarps * 16;                      // dK/dV: 16 keys per warp
+  static constexpr int kKvBM = kTC && DP <= 64 ? 64 : 32;        // dK/dV: query tile
+  static constexpr int kChunk = DP < (kTC ? 128 : 64) ? DP : (kTC ? 128 : 64);  // dK/dV output columns
+  static_assert(kDqBM + kDqBN - 1 <= kThreads, "one thread per diagonal of a dQ tile");
+};
+
+struct Work {
+  int b, h, blk, chunk;
+};
+
+template <typename A>
+struct Params {
+  const void *q, *k, *v, *dout;
+  void *out, *dq, *dk, *dv;
+  const int64_t* offsets;    // (B + 1,)
+  const int* num_targets;    // (B,) or null
+  const int64_t* ts;         // (L,) or null
+  const Work* work;          // this launch's programs
+  const int64_t* pos_base;   // (B,) first pos partial of each sequence (dQ kernel)
+  A* part_pos;               // dQ kernel: per program, diagonal sums of dS by j - i
+  A* part_time;              // dQ kernel: per program and warp, dS summed by time bucket
+  Pointwise<A> pw;
+  int64_t ldq, ldv;          // row strides H * Dqk, H * Dv
+  int H, Dqk, Dv, c, w, stages;
+  bool causal, targets, vec, tb_in_smem, hist_in_smem;
+};
+
+// Shared-memory carving, evaluated identically on the host (size) and in the kernels (offsets).
+struct Carve {
+  size_t top = 0;
+  __host__ __device__ size_t take(size_t bytes) {
+    const size_t at = top;
+    top += (bytes + 15) / 16 * 16;
+    return at;
+  }
+};
+
+template <typename T, int DP>
+struct FwdSmem {
+  size_t q, k, v, kts, qts, tb, scr, total;
+  __host__ __device__ FwdSmem(int stages, bool time, bool tb_smem, int nbins) {
+    using C = Cfg<T, DP>;
+    const size_t row = C::kLd * sizeof(T);
+    Carve c;
+    q = c.take(C::kFwdBM * row);
+    k = c.take(stages * C::kFwdBN * row);
+    v = c.take(stages * C::kFwdBN * row);
+    kts = c.take(time ? stages * C::kFwdBN * 8 : 0);
+    qts = c.take(time ? C::kFwdBM * 8 : 0);
+    tb = c.take(tb_smem ? nbins * sizeof(acc_t<T>) : 0);
+    scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kFwdBN + 1) * sizeof(acc_t<T>));
+    total = c.top;
+  }
+};
+
+template <typename T, int DP>
+struct DqSmem {
+  size_t q, dout, k, v, kts, qts, tb, ds, carry, hist, scr, total;
+  __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, int nbins, bool pos, bool hist_smem) {
+    using C = Cfg<T, DP>;
+    using A = acc_t<T>;
+    const size_t row = C::kLd * sizeof(T);
+    Carve c;
+    q = c.take(C::kDqBM * row);
+    dout = c.take(C::kDqBM * row);
+    k = c.take(stages * C::kDqBN * row);
+    v = c.take(stages * C::kDqBN * row);
+    kts = c.take(time ? stages * C::kDqBN * 8 : 0);
+    qts = c.take(time ? C::kDqBM * 8 : 0);
+    tb = c.take(tb_smem ? nbins * sizeof(A) : 0);
+    ds = c.take(pos ? C::kDqBM * (C::kDqBN + 1) * sizeof(A) : 0);
+    carry = c.take(pos ? 2 * C::kDqBM * sizeof(A) : 0);
+    hist = c.take(hist_smem ? C::kWarps * nbins * sizeof(A) : 0);
+    scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kDqBN + 1) * sizeof(A));
+    total = c.top;
+  }
+};
+
+template <typename T, int DP>
+struct KvSmem {
+  size_t k, v, q, dout, qts, kts, tb, scr, total;
+  __host__ __device__ KvSmem(int stages, bool time, bool tb_smem, int nbins) {
+    using C = Cfg<T, DP>;
+    const size_t row = C::kLd * sizeof(T);
+    Carve c;
+    k = c.take(C::kKvBN * row);
+    v = c.take(C::kKvBN * row);
+    q = c.take(stages * C::kKvBM * row);
+    dout = c.take(stages * C::kKvBM * row);
+    qts = c.take(time ? stages * C::kKvBM * 8 : 0);
+    kts = c.take(time ? C::kKvBN * 8 : 0);
+    tb = c.take(tb_smem ? nbins * sizeof(acc_t<T>) : 0);
+    scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kKvBM + 1) * sizeof(acc_t<T>));
+    total = c.top;
+  }
+};
+
+struct Seq {
+  int64_t start;
+  Mask m;
+};
+
+template <typename A>
+__device__ __forceinline__ Seq sequence(const Params<A>& p, int b) {
+  const int64_t start = p.offsets[b];
+  const int n = static_cast<int>(p.offsets[b + 1] - start);
+  return Seq{start, make_mask(n, p.targets ? p.num_targets[b] : 0, p.targets, p.c, p.w, p.causal)};
+}
+
+// The time table goes to shared memory when small (gathers there are cheap); else it is read from global.
+template <typename A>
+__device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb) {
+  if (!p.tb_in_smem) return p.pw.tb;
+  for (int i = threadIdx.x; i <= p.pw.nb; i += blockDim.x) s_tb[i] = p.pw.tb[i];
+  return s_tb;
+}
+
+// ---------------------------------------------------------------- forward
+template <typename T, int DP>
+__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Params<acc_t<T>> p) {
+  using C = Cfg<T, DP>;
+  using A = acc_t<T>;
+  constexpr int LD = C::kLd, BM = C::kFwdBM, BN = C::kFwdBN, WM = C::kFwdWM, MT = WM / 16, NT = BN / 8, OT = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const FwdSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, p.pw.nb + 1);
+  T* sQ = reinterpret_cast<T*>(smem + L.q);
+  T* sK = reinterpret_cast<T*>(smem + L.k);
+  T* sV = reinterpret_cast<T*>(smem + L.v);
+  int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
+  int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BN + 1);
+
+  const Work wk = p.work[blockIdx.x];
+  const Seq sq = sequence(p, wk.b);
+  const Mask& m = sq.m;
+  const int m0 = wk.blk * BM;
+  const Pointwise<A>& pw = p.pw;
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb));
+  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  const Span span = key_span(m, m0, min(m0 + BM, m.n));
+  const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
+
+  load_tile<T, BM, DP, LD>(sQ, qh, p.ldq, m0, m.n, p.Dqk, p.vec);
+  if (pw.has_time) load_ts<BM>(sQts, ts, m0, m.n, true);
+  auto load_kv = [&](int kb, int st) {
+    load_tile<T, BN, DP, LD>(sK + st * BN * LD, kh, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
+    load_tile<T, BN, DP, LD>(sV + st * BN * LD, vh, p.ldv, kb * BN, m.n, p.Dv, p.vec);
+    if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    cp_async_commit();
+  };
+  load_kv(kb0, 0);
+
+  A o[MT][OT][4];
+  zero(o);
+  for (int kb = kb0; kb < kb1; ++kb) {
+    const int st = p.stages == 2 ? (kb - kb0) & 1 : 0;
+    if (p.stages == 2 && kb + 1 < kb1) {
+      load_kv(kb + 1, st ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int n0 = kb * BN;
+    A s[MT][NT][4];
+    zero(s);
+    gemm_ss<T, MT, NT, DP / 16, false>(s, sQ + warp * WM * LD, LD, sK + st * BN * LD, LD, lane);
+    const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
+    for_each_score<true>(s, pw, tb, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
+                         [&](A& x, bool ok, A y, int, int, int, int) {
+                           x = ok ? y * sigmoid<C::kTC>(y) * pw.inv_n : A(0);
+                         });
+    gemm_rs<T, MT, OT, BN / 16, true>(o, s, sV + st * BN * LD, LD, scr, lane);
+    __syncthreads();  // this stage is free again
+    if (p.stages == 1 && kb + 1 < kb1) load_kv(kb + 1, 0);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  acc_to_smem<T, MT, OT>(sQ + warp * WM * LD, LD, o, A(1), lane);
+  __syncthreads();
+  T* oh = static_cast<T*>(p.out) + sq.start * p.ldv + wk.h * p.Dv;
+  store_tile<T, BM, DP, LD>(oh, sQ, p.ldv, m0, m.n, 0, p.Dv, p.vec);
+}
+
+// ---------------------------------------------------------------- backward: dQ and the bias partials
+template <typename T, int DP>
+__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> p) {
+  using C = Cfg<T, DP>;
+  using A = acc_t<T>;
+  constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int nbins = p.pw.nb + 1;
+  const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem);
+  T* sQ = reinterpret_cast<T*>(smem + L.q);
+  T* sO = reinterpret_cast<T*>(smem + L.dout);
+  T* sK = reinterpret_cast<T*>(smem + L.k);
+  T* sV = reinterpret_cast<T*>(smem + L.v);
+  int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
+  int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  A* sDS = reinterpret_cast<A*>(smem + L.ds);
+  A* sCarry = reinterpret_cast<A*>(smem + L.carry);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, cq = lane & 3;
+  A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BN + 1);
+
+  const Work wk = p.work[blockIdx.x];
+  const Seq sq = sequence(p, wk.b);
+  const Mask& m = sq.m;
+  const int m0 = wk.blk * BM;
+  const Pointwise<A>& pw = p.pw;
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb));
+  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
+  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  const Span span = key_span(m, m0, min(m0 + BM, m.n));
+  const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
+
+  // Bias partials of this program: pos by u = j - i + m0 + BM - 1 in [0, n + BM - 1); time per warp.
+  const int U = m.n + BM - 1;
+  A* part_pos = nullptr;
+  if (pw.has_pos) {
+    const int nmb = (m.n + BM - 1) / BM;
+    part_pos = p.part_pos + p.pos_base[wk.b] + (static_cast<int64_t>(wk.h) * nmb + wk.blk) * U;
+    if (tid < BM) sCarry[tid] = A(0);
+  }
+  A* hist = nullptr;
+  if (pw.has_time) {
+    A* mine = p.part_time + static_cast<int64_t>(blockIdx.x) * W * nbins;
+    A* all = p.hist_in_smem ? reinterpret_cast<A*>(smem + L.hist) : mine;
+    for (int i = tid; i < W * nbins; i += blockDim.x) all[i] = A(0);
+    hist = all + warp * nbins;
+  }
+
+  load_tile<T, BM, DP, LD>(sQ, qh, p.ldq, m0, m.n, p.Dqk, p.vec);
+  load_tile<T, BM, DP, LD>(sO, oh, p.ldv, m0, m.n, p.Dv, p.vec);
+  if (pw.has_time) load_ts<BM>(sQts, ts, m0, m.n, true);
+  auto load_kv = [&](int kb, int st) {
+    load_tile<T, BN, DP, LD>(sK + st * BN * LD, kh, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
+    load_tile<T, BN, DP, LD>(sV + st * BN * LD, vh, p.ldv, kb * BN, m.n, p.Dv, p.vec);
+    if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    cp_async_commit();
+  };
+  load_kv(kb0, 0);
+
+  A dq[1][QT][4];
+  zero(dq);
+  const int il0 = warp * 16 + g;  // this lane's rows: il0 and il0 + 8
+  for (int kb = kb0; kb < kb1; ++kb) {
+    const int it = kb - kb0, st = p.stages == 2 ? it & 1 : 0;
+    if (p.stages == 2 && kb + 1 < kb1) {
+      load_kv(kb + 1, st ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int n0 = kb * BN;
+    const T* k_s = sK + st * BN * LD;
+    A s[1][NT][4], ds[1][NT][4];
+    int bucket[NT][4];
+    zero(s);
+    zero(ds);
+    gemm_ss<T, 1, NT, DP / 16, false>(s, sQ + warp * 16 * LD, LD, k_s, LD, lane);
+    gemm_ss<T, 1, NT, DP / 16, false>(ds, sO + warp * 16 * LD, LD, sV + st * BN * LD, LD, lane);
+    const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
+    for_each_score<true>(s, pw, tb, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
+                         [&](A&, bool ok, A x, int bk, int, int nt, int f) {
+                           const A sig = sigmoid<C::kTC>(x);
+                           ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
+                           bucket[nt][f] = bk;
+                         });
+    if (pw.has_time) {
+      // Lanes holding the same bucket in this slot are summed by a fixed shuffle tree (commutative pairwise
+      // adds: every lane gets the same bits); lane 0 alone updates the warp's histogram, in slot order.
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+          const int key = bucket[nt][f];
+          unsigned pending = __ballot_sync(0xffffffffu, key >= 0);
+          while (pending) {
+            const int k = __shfl_sync(0xffffffffu, key, __ffs(pending) - 1);
+            const bool mine = key == k;
+            pending &= ~__ballot_sync(0xffffffffu, mine);
+            A sum = mine ? ds[0][nt][f] : A(0);
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+            if (lane == 0) hist[k] += sum;
+          }
+        }
+    }
+    if (pw.has_pos) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int f = 0; f < 4; ++f) sDS[(il0 + 8 * (f >> 1)) * (BN + 1) + 8 * nt + 2 * cq + (f & 1)] = ds[0][nt][f];
+    }
+    gemm_rs<T, 1, QT, BN / 16, true>(dq, ds, k_s, LD, scr, lane);
+    __syncthreads();  // this stage is free again; sDS is complete
+    if (p.stages == 1 && kb + 1 < kb1) load_kv(kb + 1, 0);
+    if (pw.has_pos && tid < BM + BN - 1) {
+      // Thread t sums the tile diagonal u = n0 + t (jl - il = t - BM + 1). The next tile starts at u = n0 + BN,
+      // so t >= BN is carried to its thread t - BN (ping-pong buffers); t < BN is final and is stored.
+      const int t = tid, par = it & 1;
+      A d = A(0);
+      const int lo = max(0, BM - 1 - t), hi = min(BM - 1, BM + BN - 2 - t);
+      for (int il = lo; il <= hi; ++il) d += sDS[il * (BN + 1) + t - (BM - 1) + il];
+      if (t < BM - 1) d += sCarry[par * BM + t];
+      if (t >= BN && kb + 1 < kb1) sCarry[(par ^ 1) * BM + t - BN] = d;
+      else if (n0 + t < U) part_pos[n0 + t] = d;
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  if (pw.has_time && p.hist_in_smem) {
+    const A* all = reinterpret_cast<const A*>(smem + L.hist);
+    A* mine = p.part_time + static_cast<int64_t>(blockIdx.x) * W * nbins;
+    for (int i = tid; i < W * nbins; i += blockDim.x) mine[i] = all[i];
+  }
+  acc_to_smem<T, 1, QT>(sQ + warp * 16 * LD, LD, dq, pw.alpha, lane);
+  __syncthreads();
+  T* dqh = static_cast<T*>(p.dq) + sq.start * p.ldq + wk.h * p.Dqk;
+  store_tile<T, BM, DP, LD>(dqh, sQ, p.ldq, m0, m.n, 0, p.Dqk, p.vec);
+}
+
+// ---------------------------------------------------------------- backward: dK, dV
+template <typename T, int DP>
+__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const Params<acc_t<T>> p) {
+  using C = Cfg<T, DP>;
+  using A = acc_t<T>;
+  constexpr int LD = C::kLd, BN = C::kKvBN, BM = C::kKvBM, CH = C::kChunk, NT = BM / 8, CT = CH / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const KvSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, p.pw.nb + 1);
+  T* sK = reinterpret_cast<T*>(smem + L.k);
+  T* sV = reinterpret_cast<T*>(smem + L.v);
+  T* sQ = reinterpret_cast<T*>(smem + L.q);
+  T* sO = reinterpret_cast<T*>(smem + L.dout);
+  int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BM + 1);
+
+  const Work wk = p.work[blockIdx.x];
+  const Seq sq = sequence(p, wk.b);
+  const Mask& m = sq.m;
+  const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n), c0 = wk.chunk * CH;
+  const Pointwise<A>& pw = p.pw;
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb));
+  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
+  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+
+  // Query blocks whose key span meets this key block, in increasing order.
+  const int nmb = (m.n + BM - 1) / BM;
+  auto next_block = [&](int mb) {
+    for (; mb < nmb; ++mb) {
+      const Span sp = key_span(m, mb * BM, min(mb * BM + BM, m.n));
+      if (sp.lo < n1 && sp.hi > n0) break;
+    }
+    return mb;
+  };
+  auto load_q = [&](int mb, int st) {
+    load_tile<T, BM, DP, LD>(sQ + st * BM * LD, qh, p.ldq, mb * BM, m.n, p.Dqk, p.vec);
+    load_tile<T, BM, DP, LD>(sO + st * BM * LD, oh, p.ldv, mb * BM, m.n, p.Dv, p.vec);
+    if (pw.has_time) load_ts<BM>(sQts + st * BM, ts, mb * BM, m.n, true);
+    cp_async_commit();
+  };
+  load_tile<T, BN, DP, LD>(sK, kh, p.ldq, n0, m.n, p.Dqk, p.vec);
+  load_tile<T, BN, DP, LD>(sV, vh, p.ldv, n0, m.n, p.Dv, p.vec);
+  if (pw.has_time) load_ts<BN>(sKts, ts, n0, m.n, false);
+  int mb = next_block(0);
+  if (mb < nmb) load_q(mb, 0);
+  else cp_async_commit();
+
+  A dk[1][CT][4], dv[1][CT][4];
+  zero(dk);
+  zero(dv);
+  for (int it = 0; mb < nmb; ++it) {
+    const int st = p.stages == 2 ? it & 1 : 0, nxt = next_block(mb + 1);
+    if (p.stages == 2 && nxt < nmb) {
+      load_q(nxt, st ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int m0 = mb * BM;
+    const T* q_s = sQ + st * BM * LD;
+    const T* o_s = sO + st * BM * LD;
+    A s[1][NT][4], dp[1][NT][4];  // transposed tiles: rows are keys, columns queries
+    zero(s);
+    zero(dp);
+    gemm_ss<T, 1, NT, DP / 16, false>(s, sK + warp * 16 * LD, LD, q_s, LD, lane);
+    gemm_ss<T, 1, NT, DP / 16, false>(dp, sV + warp * 16 * LD, LD, o_s, LD, lane);
+    const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
+    for_each_score<false>(s, pw, tb, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
+                          [&](A& x, bool ok, A y, int, int, int nt, int f) {
+                            const A sig = sigmoid<C::kTC>(y);
+                            x = ok ? y * sig * pw.inv_n : A(0);
+                            dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (A(1) + y * (A(1) - sig)) : A(0);
+                          });
+    gemm_rs<T, 1, CT, BM / 16, true>(dv, s, o_s + c0, LD, scr, lane);
+    gemm_rs<T, 1, CT, BM / 16, true>(dk, dp, q_s + c0, LD, scr, lane);
+    __syncthreads();  // this stage is free again
+    if (p.stages == 1 && nxt < nmb) load_q(nxt, 0);
+    mb = nxt;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  acc_to_smem<T, 1, CT>(sK + warp * 16 * LD, LD, dk, pw.alpha, lane);
+  acc_to_smem<T, 1, CT>(sV + warp * 16 * LD, LD, dv, A(1), lane);
+  __syncthreads();
+  T* dkh = static_cast<T*>(p.dk) + sq.start * p.ldq + wk.h * p.Dqk;
+  T* dvh = static_cast<T*>(p.dv) + sq.start * p.ldv + wk.h * p.Dv;
+  store_tile<T, BN, CH, LD>(dkh, sK, p.ldq, n0, m.n, c0, p.Dqk, p.vec);
+  store_tile<T, BN, CH, LD>(dvh, sV, p.ldv, n0, m.n, c0, p.Dv, p.vec);
+}
+
+// ---------------------------------------------------------------- backward: bias gradients
+// Stage 1: group y of the dQ programs, output x: the sum over its programs in program order (double).
+// pos: program (b, h, mb) holds u = x + m0 + BM - N over the key tiles it visited; time: its W histograms.
+template <typename A>
+__global__ void bias_partials_kernel(const Params<A> p, int programs, int groups, int len, int BM, int BN, int W,
+                                     bool pos, double* out) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x, grp = blockIdx.y;
+  if (x >= len) return;
+  const int lo = static_cast<int>(static_cast<int64_t>(grp) * programs / groups);
+  const int hi = static_cast<int>(static_cast<int64_t>(grp + 1) * programs / groups);
+  double sum = 0;
+  for (int e = lo; e < hi; ++e) {
+    if (pos) {
+      const Work wk = p.work[e];
+      const Seq sq = sequence(p, wk.b);
+      const int n = sq.m.n, m0 = wk.blk * BM, U = n + BM - 1;
+      const Span sp = key_span(sq.m, m0, min(m0 + BM, n));
+      const int u = x + m0 + BM - p.pw.N;
+      const int u_lo = sp.lo / BN * BN, u_hi = min(U, (sp.hi + BN - 1) / BN * BN + BM - 1);
+      if (u >= u_lo && u < u_hi) {
+        const int64_t slice = p.pos_base[wk.b] + (static_cast<int64_t>(wk.h) * ((n + BM - 1) / BM) + wk.blk) * U;
+        sum += static_cast<double>(p.part_pos[slice + u]);
+      }
+    } else {
+      for (int w = 0; w < W; ++w) sum += static_cast<double>(p.part_time[(static_cast<int64_t>(e) * W + w) * len + x]);
+    }
+  }
+  out[static_cast<int64_t>(grp) * len + x] = sum;
+}
+
+template <typename T>
+__global__ void bias_finish_kernel(const double* part, int groups, int len, T* out) {
+  const int x = blockIdx.x * blockDim.x + threadIdx.x;
+  if (x >= len) return;
+  double sum = 0;
+  for (int grp = 0; grp < groups; ++grp) sum += part[static_cast<int64_t>(grp) * len + x];
+  out[x] = Num<T>::out(static_cast<acc_t<T>>(sum));
+}
+
+// ---------------------------------------------------------------- host side
+void check_device(const at::Tensor& q, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device() == q.device(), name, " and q must be on the same device for the CUDA kernel, got ",
+              fmt(t.device().str()), " and ", fmt(q.device().str()));
+}
+
+// A CPU stand-in with t's dtype and shape and no storage, so that the shared checks (which read only sizes,
+// dtypes and devices of these tensors) run on the host next to the host copies of the index tensors.
+at::Tensor shadow(const at::Tensor& t) { return at::empty({}, t.options().device(at::kCPU)).expand(t.sizes()); }
+std::optional<at::Tensor> shadow(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(shadow(*t)) : std::nullopt;
+}
+
+struct Inputs {
+  HstuShape s;
+  at::Tensor offsets, num_targets, ts, pos, tb;  // device tensors in the kernels' formats
+};
+
+Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
+               int64_t max_seq_len, const std::optional<at::Tensor>& num_targets, int64_t contextual_seq_len,
+               int64_t max_attn_len, const std::optional<at::Tensor>& timestamps,
+               const std::optional<at::Tensor>& pos_bias, const std::optional<at::Tensor>& time_bias,
+               c10::string_view time_bucket) {
+  TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor for the CUDA kernel, got device ", fmt(q.device().str()));
+  check_device(q, k, "k");
+  check_device(q, v, "v");
+  check_device(q, seq_offsets, "seq_offsets");
+  if (num_targets.has_value()) check_device(q, *num_targets, "num_targets");
+  if (timestamps.has_value()) check_device(q, *timestamps, "timestamps");
+  if (pos_bias.has_value()) check_device(q, *pos_bias, "pos_bias");
+  if (time_bias.has_value()) check_device(q, *time_bias, "time_bias");
+  // The value checks need seq_offsets and num_targets on the host (one device-to-host copy each).
+  const at::Tensor offsets_cpu = seq_offsets.to(at::kCPU);
+  const std::optional<at::Tensor> targets_cpu =
+      num_targets.has_value() ? std::optional<at::Tensor>(num_targets->to(at::kCPU)) : std::nullopt;
+  Inputs in;
+  in.s = check_hstu_inputs(shadow(q), shadow(k), shadow(v), offsets_cpu, max_seq_len, targets_cpu,
+                           contextual_seq_len, max_attn_len, shadow(timestamps), shadow(pos_bias), shadow(time_bias),
+                           time_bucket);
+  TORCH_CHECK(q.scalar_type() != at::kDouble || std::max(in.s.Dqk, in.s.Dv) <= 128,
+              "q: float64 on the CUDA kernel (meant for gradcheck) supports head dims up to 128, got ",
+              fmt(std::max(in.s.Dqk, in.s.Dv)), "; use the cpu or reference backend");
+  TORCH_CHECK(max_seq_len <= (int64_t{1} << 30), "max_seq_len must be at most 2^30 for the CUDA kernel, got ",
+              fmt(max_seq_len));
+  TORCH_CHECK(!time_bias.has_value() || time_bias->size(0) <= (int64_t{1} << 30),
+              "time_bias: at most 2^30 buckets for the CUDA kernel, got ", fmt(time_bias->size(0)));
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  in.offsets = seq_offsets.to(at::kLong).contiguous();
+  if (num_targets.has_value()) in.num_targets = num_targets->to(at::kInt).contiguous();
+  if (time_bias.has_value()) {
+    in.ts = timestamps->to(at::kLong).contiguous();
+    in.tb = time_bias->to(acc).contiguous();
+  }
+  if (pos_bias.has_value()) in.pos = pos_bias->to(acc).contiguous();
+  return in;
+}
+
+template <typename A>
+Params<A> make_params(const Inputs& in, double alpha, bool causal, int64_t contextual_seq_len, int64_t max_attn_len) {
+  const HstuShape& s = in.s;
+  Params<A> p{};
+  p.offsets = in.offsets.const_data_ptr<int64_t>();
+  p.num_targets = in.num_targets.defined() ? in.num_targets.const_data_ptr<int>() : nullptr;
+  p.ts = in.ts.defined() ? in.ts.const_data_ptr<int64_t>() : nullptr;
+  p.pw.alpha = static_cast<A>(alpha);
+  p.pw.inv_n = A(1) / static_cast<A>(s.N);
+  p.pw.N = static_cast<int>(s.N);
+  p.pw.has_pos = in.pos.defined();
+  p.pw.has_time = in.tb.defined();
+  p.pw.log_bucket = s.log_bucket;
+  p.pw.pos = p.pw.has_pos ? in.pos.const_data_ptr<A>() : nullptr;
+  p.pw.tb = p.pw.has_time ? in.tb.const_data_ptr<A>() : nullptr;
+  p.pw.nb = p.pw.has_time ? static_cast<int>(in.tb.size(0)) - 1 : 0;
+  p.ldq = s.H * s.Dqk;
+  p.ldv = s.H * s.Dv;
+  p.H = static_cast<int>(s.H);
+  p.Dqk = static_cast<int>(s.Dqk);
+  p.Dv = static_cast<int>(s.Dv);
+  p.c = static_cast<int>(std::min(contextual_seq_len, s.N + 1));  // see Mask
+  p.w = static_cast<int>(std::min(max_attn_len, s.N));
+  p.causal = causal;
+  p.targets = in.num_targets.defined();
+  p.tb_in_smem = p.pw.has_time && (p.pw.nb + 1) * sizeof(A) <= 8192;
+  return p;
+}
+
+// 16-byte vectors for every row of every (L, H, D) operand: the head dims hold whole vectors and the bases
+// are aligned.
+bool vectorizable(int64_t elem, int64_t Dqk, int64_t Dv, std::initializer_list<const void*> ptrs) {
+  const int64_t V = 16 / elem;
+  bool ok = Dqk % V == 0 && Dv % V == 0;
+  for (const void* ptr : ptrs) ok = ok && reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+  return ok;
+}
+
+// Programs: (b, h, block[, chunk]) of the non-empty sequences, (b, h)-major so that the blocks of one head
+// run side by side; query blocks last-first (under a causal mask they see the most keys).
+std::vector<Work> query_work(const HstuShape& s, int BM) {
+  std::vector<Work> w;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int nmb = static_cast<int>((s.offsets[b + 1] - s.offsets[b] + BM - 1) / BM);
+    for (int h = 0; h < s.H; ++h)
+      for (int mb = nmb - 1; mb >= 0; --mb) w.push_back(Work{static_cast<int>(b), h, mb, 0});
+  }
+  return w;
+}
+
+std::vector<Work> key_work(const HstuShape& s, int BN, int chunks) {
+  std::vector<Work> w;
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int nkb = static_cast<int>((s.offsets[b + 1] - s.offsets[b] + BN - 1) / BN);
+    for (int h = 0; h < s.H; ++h)
+      for (int kb = 0; kb < nkb; ++kb)
+        for (int ch = 0; ch < chunks; ++ch) w.push_back(Work{static_cast<int>(b), h, kb, ch});
+  }
+  return w;
+}
+
+// Host vector -> device, through pinned memory and an asynchronous copy on the current stream.
+template <typename X>
+at::Tensor upload(const std::vector<X>& host, const at::Device& device) {
+  static_assert(sizeof(X) % sizeof(int32_t) == 0, "uploaded as int32 words");
+  const int64_t words = static_cast<int64_t>(host.size() * sizeof(X) / sizeof(int32_t));
+  auto pinned = at::empty({words}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  if (words) std::memcpy(pinned.data_ptr(), host.data(), host.size() * sizeof(X));
+  return pinned.to(device, at::kInt, /*non_blocking=*/true);
+}
+
+int smem_optin(int dev) {
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return v;
+}
+
+// Two pipeline stages when they fit, else one; the choice and the size come from the same layout as the kernel's.
+template <typename Layout>
+std::pair<int, size_t> pick_stages(const Layout& two, const Layout& one, int limit, const char* what) {
+  if (two.total <= static_cast<size_t>(limit)) return {2, two.total};
+  TORCH_CHECK(one.total <= static_cast<size_t>(limit), "hstu_attention (CUDA ", what, "): needs ", fmt(one.total),
+              " bytes of shared memory per block, more than the ", fmt(limit), " this device allows");
+  return {1, one.total};
+}
+
+template <typename Kernel, typename P>
+void launch(Kernel kernel, size_t programs, int threads, size_t smem, const P& p) {
+  if (programs == 0) return;
+  TORCH_CHECK(programs <= 0x7fffffffu, "hstu_attention (CUDA): too many blocks (", fmt(programs), ")");
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<static_cast<unsigned>(programs), threads, smem, c10::cuda::getCurrentCUDAStream()>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int DP>
+void run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, const Inputs& in,
+                 double alpha, bool causal, int64_t c, int64_t w) {
+  using C = Cfg<T, DP>;
+  using A = acc_t<T>;
+  auto p = make_params<A>(in, alpha, causal, c, w);
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.out = out.data_ptr();
+  p.vec = vectorizable(sizeof(T), in.s.Dqk, in.s.Dv, {p.q, p.k, p.v, p.out});
+  const int nbins = p.pw.nb + 1;
+  const auto [stages, smem] =
+      pick_stages(FwdSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins),
+                  FwdSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins), smem_optin(q.get_device()), "forward");
+  p.stages = stages;
+  const auto work = query_work(in.s, C::kFwdBM);
+  const at::Tensor work_d = upload(work, q.device());
+  p.work = reinterpret_cast<const Work*>(work_d.const_data_ptr<int>());
+  launch(hstu_fwd_kernel<T, DP>, work.size(), C::kThreads, smem, p);
+}
+
+template <typename T, int DP>
+void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& d_pos, at::Tensor& d_time,
+                  const Inputs& in, double alpha, bool causal, int64_t c, int64_t w) {
+  using C = Cfg<T, DP>;
+  using A = acc_t<T>;
+  const HstuShape& s = in.s;
+  auto p = make_params<A>(in, alpha, causal, c, w);
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.dout = go.const_data_ptr();
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  p.vec = vectorizable(sizeof(T), s.Dqk, s.Dv, {p.q, p.k, p.v, p.dout, p.dq, p.dk, p.dv});
+  const int nbins = p.pw.nb + 1, limit = smem_optin(q.get_device());
+  const auto dev = q.device();
+
+  // dK, dV
+  {
+    const auto [stages, smem] = pick_stages(KvSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins),
+                                            KvSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins), limit, "dK/dV");
+    auto pk = p;
+    pk.stages = stages;
+    const auto work = key_work(s, C::kKvBN, DP / C::kChunk);
+    const at::Tensor work_d = upload(work, dev);
+    pk.work = reinterpret_cast<const Work*>(work_d.const_data_ptr<int>());
+    launch(hstu_dkdv_kernel<T, DP>, work.size(), C::kThreads, smem, pk);
+  }
+
+  // dQ and the bias partials
+  constexpr int BM = C::kDqBM, BN = C::kDqBN, W = C::kWarps;
+  const auto work = query_work(s, BM);
+  const at::Tensor work_d = upload(work, dev);
+  p.work = reinterpret_cast<const Work*>(work_d.const_data_ptr<int>());
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor part_pos, part_time, pos_base_d;
+  if (p.pw.has_pos) {
+    std::vector<int64_t> pos_base(s.B);
+    int64_t total = 0;
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t n = s.offsets[b + 1] - s.offsets[b];
+      pos_base[b] = total;
+      total += n ? s.H * ((n + BM - 1) / BM) * (n + BM - 1) : 0;
+    }
+    pos_base_d = upload(pos_base, dev);
+    p.pos_base = reinterpret_cast<const int64_t*>(pos_base_d.const_data_ptr<int>());
+    part_pos = at::empty({std::max<int64_t>(total, 1)}, q.options().dtype(acc));
+    p.part_pos = part_pos.data_ptr<A>();
+  }
+  if (p.pw.has_time) {
+    part_time = at::empty({std::max<int64_t>(static_cast<int64_t>(work.size()) * W * nbins, 1)}, q.options().dtype(acc));
+    p.part_time = part_time.data_ptr<A>();
+  }
+  p.hist_in_smem = p.pw.has_time && W * nbins * sizeof(A) <= 16384;
+  {
+    const auto [stages, smem] =
+        pick_stages(DqSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem),
+                    DqSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem), limit, "dQ");
+    p.stages = stages;
+    launch(hstu_dq_kernel<T, DP>, work.size(), C::kThreads, smem, p);
+  }
+
+  // Bias gradients: fixed-order sums of the partials.
+  const int programs = static_cast<int>(work.size());
+  const int groups = std::max(1, std::min(programs, 64));
+  auto reduce = [&](bool pos, at::Tensor& out) {
+    const int len = static_cast<int>(out.size(0));
+    auto stage = at::empty({static_cast<int64_t>(groups) * len}, q.options().dtype(at::kDouble));
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const dim3 grid((len + 255) / 256, groups);
+    bias_partials_kernel<A><<<grid, 256, 0, stream>>>(p, programs, groups, len, BM, BN, W, pos,
+                                                       stage.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    bias_finish_kernel<T><<<(len + 255) / 256, 256, 0, stream>>>(stage.const_data_ptr<double>(), groups, len,
+                                                                  static_cast<T*>(out.data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (p.pw.has_pos) reduce(true, d_pos);
+  if (p.pw.has_time) reduce(false, d_time);
+}
+
+// fp16 / bf16 / fp32 / fp64 x padded head dim 64 / 128 / 256 (fp64 up to 128).
+template <typename F>
+void dispatch(at::ScalarType dt, int64_t dmax, F&& f) {
+  auto by_dim = [&](auto tag) {
+    using T = decltype(tag);
+    if (dmax <= 64) f(T{}, std::integral_constant<int, 64>{});
+    else if (dmax <= 128) f(T{}, std::integral_constant<int, 128>{});
+    else if constexpr (!std::is_same_v<T, double>) f(T{}, std::integral_constant<int, 256>{});
+  };
+  switch (dt) {
+    case at::kHalf: by_dim(__half{}); break;
+    case at::kBFloat16: by_dim(__nv_bfloat16{}); break;
+    case at::kFloat: by_dim(float{}); break;
+    case at::kDouble: by_dim(double{}); break;
+    default: TORCH_CHECK(false, "q must be float16, bfloat16, float32 or float64, got ", fmt(dt));
+  }
+}
+
+// Rows past seq_offsets[B] belong to no sequence: zero.
+void zero_tail(at::Tensor& x, const HstuShape& s) {
+  const int64_t used = s.offsets.back();
+  if (used < s.L) x.narrow(0, used, s.L - used).zero_();
+}
+
+at::Tensor hstu_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha, bool causal,
+                               const std::optional<at::Tensor>& num_targets, int64_t contextual_seq_len,
+                               int64_t max_attn_len, const std::optional<at::Tensor>& timestamps,
+                               const std::optional<at::Tensor>& pos_bias, const std::optional<at::Tensor>& time_bias,
+                               c10::string_view time_bucket) {
+  const Inputs in = prepare(q, k, v, seq_offsets, max_seq_len, num_targets, contextual_seq_len, max_attn_len,
+                            timestamps, pos_bias, time_bias, time_bucket);
+  c10::cuda::CUDAGuard guard(q.device());
+  const HstuShape& s = in.s;
+  auto out = at::empty({s.L, s.H, s.Dv}, q.options());
+  zero_tail(out, s);
+  const auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  dispatch(q.scalar_type(), std::max(s.Dqk, s.Dv), [&](auto tag, auto dp) {
+    run_forward<decltype(tag), decltype(dp)::value>(qc, kc, vc, out, in, alpha, causal, contextual_seq_len,
+                                                    max_attn_len);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hstu_attention_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha, bool causal,
+    const std::optional<at::Tensor>& num_targets, int64_t contextual_seq_len, int64_t max_attn_len,
+    const std::optional<at::Tensor>& timestamps, const std::optional<at::Tensor>& pos_bias,
+    const std::optional<at::Tensor>& time_bias, c10::string_view time_bucket) {
+  const Inputs in = prepare(q, k, v, seq_offsets, max_seq_len, num_targets, contextual_seq_len, max_attn_len,
+                            timestamps, pos_bias, time_bias, time_bucket);
+  check_device(q, grad_output, "grad_output");
+  TORCH_CHECK(grad_output.sizes() == v.sizes(), "grad_output must have v's shape ", fmt(shape(v.sizes())), ", got ",
+              fmt(shape(grad_output.sizes())));
+  check_same_dtype(grad_output, "grad_output", v, "v");
+  c10::cuda::CUDAGuard guard(q.device());
+  const HstuShape& s = in.s;
+  auto dq = at::empty({s.L, s.H, s.Dqk}, q.options());
+  auto dk = at::empty({s.L, s.H, s.Dqk}, q.options());
+  auto dv = at::empty({s.L, s.H, s.Dv}, q.options());
+  for (auto* x : {&dq, &dk, &dv}) zero_tail(*x, s);
+  // The bias gradients are fully written by the reduction, or stay zero when no sequence has a row.
+  auto d_pos = at::zeros({pos_bias.has_value() ? pos_bias->size(0) : 0}, q.options());
+  auto d_time = at::zeros({time_bias.has_value() ? time_bias->size(0) : 0}, q.options());
+  if (s.offsets.back() == 0) return {dq, dk, dv, d_pos, d_time};
+  const auto go = grad_output.contiguous(), qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  dispatch(q.scalar_type(), std::max(s.Dqk, s.Dv), [&](auto tag, auto dp) {
+    run_backward<decltype(tag), decltype(dp)::value>(go, qc, kc, vc, dq, dk, dv, d_pos, d_time, in, alpha, causal,
+                                                     contextual_seq_len, max_attn_len);
+  });
+  return {dq, dk, dv, d_pos, d_time};
+}
+
+}  // namespace
+}  // namespace hstu_cuda
+
+TORCH_LIBRARY_IMPL(recsys, CUDA, m) {
+  m.impl("hstu_attention", &hstu_cuda::hstu_attention_cuda);
+  m.impl("hstu_attention_backward", &hstu_cuda::hstu_attention_backward_cuda);
+}
+
+}  // namespace recsys

@@ -1,0 +1,451 @@
+// Device building blocks of the CUDA HSTU attention (hstu_attention_cuda.cu holds the kernels, the launch
+// logic and the algorithm note): numbers, cp.async / ldmatrix / mma.sync wrappers (sm_80+ PTX, also used on
+// sm_90a), the int32 mask with its block-level bounds, the time bucket, tile loaders, the warp-level tile
+// products and the pointwise part. Every tile product leaves its result in the mma.sync m16n8 accumulator
+// layout, so the fp32/fp64 FMA path runs the very same kernels as the fp16/bf16 tensor-core path.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "hstu_attention/hstu_attention.h"
+
+namespace recsys {
+namespace hstu_cuda {
+
+// ---------------------------------------------------------------- numbers
+// torch builds with __CUDA_NO_HALF_CONVERSIONS__: every conversion is explicit.
+template <typename T>
+struct Num;
+template <>
+struct Num<float> {
+  using acc = float;
+  static __device__ __forceinline__ float in(float x) { return x; }
+  static __device__ __forceinline__ float out(float x) { return x; }
+};
+template <>
+struct Num<double> {
+  using acc = double;
+  static __device__ __forceinline__ double in(double x) { return x; }
+  static __device__ __forceinline__ double out(double x) { return x; }
+};
+template <>
+struct Num<__half> {
+  using acc = float;
+  static __device__ __forceinline__ float in(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half out(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Num<__nv_bfloat16> {
+  using acc = float;
+  static __device__ __forceinline__ float in(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 out(float x) { return __float2bfloat16_rn(x); }
+};
+template <typename T>
+using acc_t = typename Num<T>::acc;
+template <typename T>
+constexpr bool kTensorCores = sizeof(T) == 2;
+
+// Two floats -> one 32-bit word of two 16-bit values, the first at the lower address (round to nearest).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
+// ---------------------------------------------------------------- PTX
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// Asynchronous global -> shared copy of BYTES (16: bypasses L1); with valid == false it writes zeros and reads
+// nothing (src must still be a mapped address: callers pass the tensor's base).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_u32(dst)), "l"(src), "n"(BYTES),
+                 "r"(valid ? BYTES : 0)
+                 : "memory");
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p))
+               : "memory");
+}
+
+// d (16x8 fp32) += a (16x16 row-major fragment) b (16x8 col-major fragment), fp16 or bf16 inputs.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// ---------------------------------------------------------------- mask
+// HstuMask in int32 for one sequence. The host clamps c to max_seq_len + 1 and w to max_seq_len, which keeps
+// every sum in range and changes no mask value (c > n makes every id 0 and limit <= 0: only the diagonal is
+// valid, whatever c is; a window >= n never binds).
+struct Mask {
+  int n, limit, c, w;
+  bool targets, causal;
+
+  __host__ __device__ __forceinline__ int id(int x) const {
+    if (c > 0) x = x - c + 1 > 0 ? x - c + 1 : 0;
+    if (targets && x > limit) x = limit;
+    return x;
+  }
+  // Valid pair for positions i, j < n with ids ii = id(i), jj = id(j) (exactly HstuMask::valid).
+  __host__ __device__ __forceinline__ bool valid(int i, int j, int ii, int jj) const {
+    int dist = ii - jj;
+    if (!causal && dist < 0) dist = -dist;
+    bool ok = i == j || dist > 0;
+    if (w > 0) ok = ok && dist <= w;
+    if (c > 0) ok = ok || (ii == 0 && jj < limit);
+    return ok;
+  }
+};
+
+__host__ __device__ __forceinline__ Mask make_mask(int n, int num_targets, bool targets, int c, int w, bool causal) {
+  return Mask{n, (c > 0 ? n - c + 1 : n) - (targets ? num_targets : 0), c, w, targets, causal};
+}
+
+struct Span {
+  int lo, hi;
+};
+
+// Keys that query rows [r0, r1) (0 <= r0 < r1 <= n) can see: every valid (i, j) has lo <= j < hi. Ids never
+// decrease with the position, so the first and last row bound the whole block.
+__host__ __device__ __forceinline__ Span key_span(const Mask& m, int r0, int r1) {
+  // A contextual row (id 0, possible only while limit > 0) sees every key whose id is below the limit.
+  if (m.c > 0 && m.limit > 0 && r0 <= m.c - 1) return Span{0, m.n};
+  Span s{0, m.n};
+  // Off the diagonal a causal pair needs id(i) > id(j), hence j < i.
+  if (m.causal) s.hi = r1;
+  if (m.w > 0) {
+    const int lowest = m.id(r0) - m.w;  // smallest key id within the window of any row of the block
+    if (lowest > 0) s.lo = lowest + (m.c > 0 ? m.c - 1 : 0);
+    if (!m.causal) {
+      const int highest = m.id(r1 - 1) + m.w;
+      if (highest < m.id(m.n - 1)) s.hi = max(r1, highest + (m.c > 0 ? m.c : 1));
+    }
+  }
+  return s;
+}
+
+// Every pair of rows [r0, r1) x keys [c0, c1) is valid and inside the sequence: the kernels then skip the
+// per-element mask. Sufficient, not necessary (the contextual rule only adds pairs).
+__host__ __device__ __forceinline__ bool tile_full(const Mask& m, int r0, int r1, int c0, int c1) {
+  if (r1 > m.n || c1 > m.n) return false;
+  const int a = m.id(r0), b = m.id(r1 - 1), x = m.id(c0), y = m.id(c1 - 1);
+  if (a > y) return m.w == 0 || b - x <= m.w;
+  if (!m.causal && b < x) return m.w == 0 || y - a <= m.w;
+  return false;
+}
+
+// ---------------------------------------------------------------- relative bias
+// hstu_time_bucket, the float32 formula of every backend. "log" starts from a cheap guess (log2 on the SFU)
+// and runs the exact formula (out of line: it is long and rare) only when the guess lies within 1e-3 of a
+// bucket edge; the guess is off by less than 1e-4, so the bucket is always the exact one. "sqrt" is exact
+// as written (IEEE sqrtf; |diff| < 2^63 keeps the root in int64).
+__device__ __noinline__ int exact_time_bucket(int64_t diff, int nb, bool log_bucket) {
+  return static_cast<int>(hstu_time_bucket(diff, nb, log_bucket));
+}
+__device__ __forceinline__ int time_bucket(int64_t diff, int nb, bool log_bucket) {
+  const float x = static_cast<float>(diff < 0 ? -diff : diff);
+  if (log_bucket) {
+    if (x <= 1.f) return 0;
+    const float guess = __log2f(x) * 2.3028145533553f;  // log2(x) * ln(2) / 0.301
+    if (fabsf(guess - rintf(guess)) > 1e-3f) return min(static_cast<int>(guess), nb);
+    return exact_time_bucket(diff, nb, true);
+  }
+  const int64_t k = static_cast<int64_t>(sqrtf(x));
+  return k < nb ? static_cast<int>(k) : nb;
+}
+
+// The constants of S = alpha Q Kᵀ + R and P = SiLU(S) / N.
+template <typename A>
+struct Pointwise {
+  A alpha, inv_n;
+  int N, nb;
+  bool has_pos, has_time, log_bucket;
+  const A* pos;  // (2N - 1,)
+  const A* tb;   // (nb + 1,)
+};
+
+// Runs f(x, ok, s, bucket, mt, nt, e) over the elements x of an accumulator tile (MT x NT tiles of 16 x 8, C
+// layout) holding the products q·k: ok is the mask, s = alpha x + R the score of a valid pair (0 when masked),
+// bucket its time bucket (-1 when masked). kQueryRows: the tile's rows are queries (forward, dQ), else
+// keys (dK/dV, which works on Sᵀ). row0 / col0: positions of the tile's first row / column; rts / cts: their
+// timestamps in shared memory (ts[next(i)] for queries, ts[j] for keys). full: every pair is valid (no test).
+// Columns are the outer loop so that only the 2 MT rows' data stay in registers. The common case (no bias, tile
+// entirely valid) has its own short loop, so the hot code stays small.
+template <bool kQueryRows, int MT, int NT, typename A, typename F>
+__device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointwise<A>& pw, const A* tb,
+                                               const Mask& m, bool full, int row0, int col0, const int64_t* rts,
+                                               const int64_t* cts, int lane, F&& f) {
+  if (full && !pw.has_pos && !pw.has_time) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f(acc[mt][nt][e], true, pw.alpha * acc[mt][nt][e], -1, mt, nt, e);
+    return;
+  }
+  const int g = lane >> 2, c = lane & 3;
+  int rpos[MT][2], rid[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      rpos[mt][hr] = row0 + 16 * mt + g + 8 * hr;
+      rid[mt][hr] = m.id(rpos[mt][hr]);
+    }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int ec = 0; ec < 2; ++ec) {
+      const int cl = 8 * nt + 2 * c + ec, cpos = col0 + cl, cid = m.id(cpos);
+      const int64_t cts_v = pw.has_time ? cts[cl] : 0;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int i = kQueryRows ? rpos[mt][hr] : cpos, j = kQueryRows ? cpos : rpos[mt][hr];
+          const int ii = kQueryRows ? rid[mt][hr] : cid, jj = kQueryRows ? cid : rid[mt][hr];
+          const int e = 2 * hr + ec;
+          const bool ok = full | ((i < m.n) & (j < m.n) && m.valid(i, j, ii, jj));
+          // Computed for every element (no divergent branch); the clamp only matters for padding positions.
+          A s = pw.alpha * acc[mt][nt][e];
+          int bucket = -1;
+          if (pw.has_pos) s += __ldg(pw.pos + min(max(j - i + pw.N - 1, 0), 2 * pw.N - 2));
+          if (pw.has_time) {
+            const int64_t rts_v = rts[16 * mt + g + 8 * hr];
+            bucket = time_bucket(kQueryRows ? rts_v - cts_v : cts_v - rts_v, pw.nb, pw.log_bucket);
+            s += tb[bucket];
+          }
+          f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
+        }
+    }
+}
+
+// 1 / (1 + e^-x). fp16/bf16 round P to 8-11 bits right after, so the SFU versions are exact enough there;
+// fp32/fp64 use the accurate library functions (the fp32 reference is held to ~1e-6).
+template <bool kFast, typename A>
+__device__ __forceinline__ A sigmoid(A x) {
+  if constexpr (kFast) return __fdividef(1.f, 1.f + __expf(-x));
+  else if constexpr (std::is_same_v<A, float>) return 1.f / (1.f + expf(-x));
+  else return 1.0 / (1.0 + exp(-x));
+}
+
+// ---------------------------------------------------------------- loaders
+// Rows [r0, r0 + R) of one head into s (row stride LD): x points at the sequence's first row of that head,
+// ldg is the row stride in global memory. Rows past n and columns past D are written as zeros, so the padded
+// products add nothing. vec: 16-byte cp.async (D a multiple of the vector, 16-byte aligned rows), else plain
+// loads (odd head dims such as 25).
+template <typename T, int R, int DP, int LD>
+__device__ __forceinline__ void load_tile(T* s, const T* x, int64_t ldg, int r0, int n, int D, bool vec) {
+  if (vec) {
+    constexpr int V = 16 / sizeof(T), CPR = DP / V;
+    for (int idx = threadIdx.x; idx < R * CPR; idx += blockDim.x) {
+      const int r = idx / CPR, col = (idx - r * CPR) * V;
+      const bool ok = r0 + r < n && col < D;
+      cp_async<16>(s + r * LD + col, ok ? x + (r0 + r) * ldg + col : x, ok);
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < R * DP; idx += blockDim.x) {
+      const int r = idx / DP, col = idx - r * DP;
+      s[r * LD + col] = r0 + r < n && col < D ? x[(r0 + r) * ldg + col] : Num<T>::out(0.f);
+    }
+  }
+}
+
+// Timestamps of rows [r0, r0 + R) (ts points at the sequence's first row): ts[min(i + 1, n - 1)] for queries
+// (the next item's time), ts[j] for keys; zeros past n.
+template <int R>
+__device__ __forceinline__ void load_ts(int64_t* s, const int64_t* ts, int r0, int n, bool next) {
+  for (int r = threadIdx.x; r < R; r += blockDim.x) {
+    const int i = r0 + r;
+    const bool ok = i < n;
+    cp_async<8>(s + r, ok ? ts + (next ? min(i + 1, n - 1) : i) : ts, ok);
+  }
+}
+
+// ---------------------------------------------------------------- warp tile products
+// acc (MT x NT tiles of 16x8 in the mma.sync C layout: lane (g, c) = (lane / 4, lane % 4) holds rows g and
+// g + 8, columns 2c and 2c + 1) += A B over KS k-steps of 16. A: 16 MT rows of a row-major tile at sA (stride
+// lda). B in shared memory, either as [n][k] (kBKN false, e.g. K in Q Kᵀ) or as [k][n] (true, e.g. V in P V).
+template <typename T, int MT, int NT, int KS, bool kBKN>
+__device__ __forceinline__ void gemm_ss(acc_t<T> (&acc)[MT][NT][4], const T* sA, int lda, const T* sB, int ldb,
+                                        int lane) {
+  if constexpr (kTensorCores<T>) {
+    static_assert(NT % 2 == 0, "B fragments come in pairs of n-tiles");
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) ldsm_x4(a[mt], sA + (16 * mt + (lane & 15)) * lda + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t b[4];
+        if constexpr (kBKN) ldsm_x4_trans(b, sB + (ks * 16 + (lane & 15)) * ldb + np * 16 + (lane >> 4) * 8);
+        else ldsm_x4(b, sB + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * ldb + ks * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  } else {
+    const int g = lane >> 2, c = lane & 3;
+#pragma unroll 2
+    for (int k = 0; k < KS * 16; ++k) {
+      T a[MT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = sA[(16 * mt + g) * lda + k];
+        a[mt][1] = sA[(16 * mt + g + 8) * lda + k];
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int col = 8 * nt + 2 * c;
+        const T b0 = kBKN ? sB[k * ldb + col] : sB[col * ldb + k];
+        const T b1 = kBKN ? sB[k * ldb + col + 1] : sB[(col + 1) * ldb + k];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          acc[mt][nt][0] = fma(a[mt][0], b0, acc[mt][nt][0]);
+          acc[mt][nt][1] = fma(a[mt][0], b1, acc[mt][nt][1]);
+          acc[mt][nt][2] = fma(a[mt][1], b0, acc[mt][nt][2]);
+          acc[mt][nt][3] = fma(a[mt][1], b1, acc[mt][nt][3]);
+        }
+      }
+    }
+  }
+}
+
+// acc += P B with P (MT x 2 KS tiles, C layout) held in registers. Tensor cores: the C layout of two adjacent
+// n-tiles is the A-fragment layout of one k-step, so P is only rounded to T (as the reference rounds P and
+// dS before their products). FMA path: P goes through the warp's scratch tile (16 MT x (16 KS + 1)).
+template <typename T, int MT, int NT, int KS, bool kBKN>
+__device__ __forceinline__ void gemm_rs(acc_t<T> (&acc)[MT][NT][4], const acc_t<T> (&pa)[MT][2 * KS][4],
+                                        const T* sB, int ldb, acc_t<T>* scratch, int lane) {
+  if constexpr (kTensorCores<T>) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        a[mt][0] = pack2<T>(pa[mt][2 * ks][0], pa[mt][2 * ks][1]);
+        a[mt][1] = pack2<T>(pa[mt][2 * ks][2], pa[mt][2 * ks][3]);
+        a[mt][2] = pack2<T>(pa[mt][2 * ks + 1][0], pa[mt][2 * ks + 1][1]);
+        a[mt][3] = pack2<T>(pa[mt][2 * ks + 1][2], pa[mt][2 * ks + 1][3]);
+      }
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t b[4];
+        if constexpr (kBKN) ldsm_x4_trans(b, sB + (ks * 16 + (lane & 15)) * ldb + np * 16 + (lane >> 4) * 8);
+        else ldsm_x4(b, sB + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * ldb + ks * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  } else {
+    constexpr int LDP = 16 * KS + 1;
+    const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2 * KS; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) scratch[(16 * mt + g + 8 * (e >> 1)) * LDP + 8 * nt + 2 * c + (e & 1)] = pa[mt][nt][e];
+    __syncwarp();
+    gemm_ss<T, MT, NT, KS, kBKN>(acc, scratch, LDP, sB, ldb, lane);
+    __syncwarp();
+  }
+}
+
+template <typename A, int MT, int NT>
+__device__ __forceinline__ void zero(A (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = A(0);
+}
+
+// Accumulator tile (rows 16 MT, columns 8 NT, C layout) * scale -> T rows of a shared tile (stride ld), ready to
+// leave with store_tile.
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void acc_to_smem(T* s, int ld, const acc_t<T> (&acc)[MT][NT][4], acc_t<T> scale,
+                                            int lane) {
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        s[(16 * mt + g + 8 * (e >> 1)) * ld + 8 * nt + 2 * c + (e & 1)] = Num<T>::out(acc[mt][nt][e] * scale);
+}
+
+// Rows [r0, r0 + R) ∩ [0, n) and columns [c0, c0 + CW) ∩ [0, D) of the shared tile s (its column 0 is global
+// column c0) to global memory (x at the sequence's first row of the head, row stride ldg).
+template <typename T, int R, int CW, int LD>
+__device__ __forceinline__ void store_tile(T* x, const T* s, int64_t ldg, int r0, int n, int c0, int D, bool vec) {
+  if (vec) {  // D and c0 are multiples of the vector: whole vectors are in or out
+    constexpr int V = 16 / sizeof(T), CPR = CW / V;
+    for (int idx = threadIdx.x; idx < R * CPR; idx += blockDim.x) {
+      const int r = idx / CPR, col = (idx - r * CPR) * V;
+      if (r0 + r < n && c0 + col < D)
+        *reinterpret_cast<uint4*>(x + (r0 + r) * ldg + c0 + col) = *reinterpret_cast<const uint4*>(s + r * LD + col);
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < R * CW; idx += blockDim.x) {
+      const int r = idx / CW, col = idx - r * CW;
+      if (r0 + r < n && c0 + col < D) x[(r0 + r) * ldg + c0 + col] = s[r * LD + col];
+    }
+  }
+}
+
+}  // namespace hstu_cuda
+}  // namespace recsys
