@@ -129,7 +129,7 @@ def fake_quantize(x: torch.Tensor, qparams: str, scale: torch.Tensor | None = No
         q = quantize_codes(x, bias, inv)
         return q.to(dtype) * s.to(dtype)[:, None] + bias.to(dtype)[:, None]
     s = scale.to(torch.float16).to(torch.float32)
-    inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+    inv = torch.where(s == 0, torch.zeros_like(s), torch.ones_like(s) / s)  # true division (see row_qparams)
     return (x * inv[:, None]).clamp(-8.0, 7.0).round().to(dtype) * s.to(dtype)[:, None]
 
 
@@ -195,7 +195,7 @@ def table_int4_rows(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
     x = weight.detach().to(torch.float32)
     s = scale.reshape(1).to(torch.float16).to(torch.float32)
-    inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+    inv = torch.where(s == 0, torch.zeros_like(s), torch.ones_like(s) / s)  # true division (see row_qparams)
     q = (x * inv).clamp(-8.0, 7.0).round() + 8.0
     E = x.shape[0]
     return pack_int4_rows(q, s.expand(E), (-8.0 * s).expand(E))
