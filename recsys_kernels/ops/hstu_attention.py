@@ -18,12 +18,14 @@ zero output. Sequences must be at most max_seq_len long; zero-length sequences a
 Differentiable in q, k, v, pos_bias and time_bias; the backward is deterministic on every backend.
 
 Backends (chosen per call by recsys_kernels._backend):
+  cuda      csrc/hstu_attention/hstu_attention_cuda.cu — mma.sync tiles (fp32/fp64 on CUDA cores), bias and
+            masks in the kernel, deterministic backward without atomics. The CUDA default: on the H100 it
+            is faster than Triton for forward+backward with the bias (the training step), slower for the
+            bias-free forward (benchmarks/RESULTS.md)
   triton    recsys_kernels/triton/hstu_attention.py — tiled, bias in the kernel, deterministic backward
             (dK/dV per key block, dQ per query block, bias gradients from per-tile partials)
   cpu       csrc/hstu_attention/hstu_attention_cpu.cpp — parallel over (sequence, head)
   reference recsys_kernels/reference/hstu_attention.py — padded dense, static shapes; the HPU path
-No CUDA C++ kernel yet: on CUDA the dispatch falls back to Triton (not yet run or timed on a GPU: its
-tests so far ran under TRITON_INTERPRET=1).
 Registered ops: torch.ops.recsys.hstu_attention, torch.ops.recsys.hstu_attention_backward.
 """
 
