@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="write the results JSON here")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--pack", default=None, metavar="DIR", help="write the files a lent machine needs, then exit")
-    p.add_argument("--part-mib", type=int, default=60, help="--pack: largest GGUF part")
+    p.add_argument("--part-mib", type=int, default=56, help="--pack: largest GGUF part")
     p.add_argument("--table", nargs="+", default=None, metavar="JSON", help="print one table from result files")
     return p.parse_args(argv)
 
@@ -96,34 +96,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --- packing for a machine without network ------------------------------------------------------------------
 
 def pack(args: argparse.Namespace) -> int:
+    """DIR/a: the GGUF's first part; DIR/b: its other parts, the data and the title embeddings. Each folder
+    stays under a lent machine's 64 MiB transfer with the repository beside it, so two calls carry them
+    (the first copies DIR/a to the machine's /tmp, the second reassembles)."""
+    import numpy as np
+
     from recsys_kernels.data import data_root
     from recsys_kernels.models.llm.backbone import minilm_path, smollm2_path
     from recsys_kernels.models.llm.data import encode_texts, movielens_candidates
 
     out = Path(args.pack)
-    out.mkdir(parents=True, exist_ok=True)
+    first, rest = out / "a", out / "b"
+    for folder in (first, rest):
+        folder.mkdir(parents=True, exist_ok=True)
     gguf = smollm2_path() if args.backbone == "smollm2" else Path(args.backbone)
     part, k = args.part_mib << 20, 0
     with open(gguf, "rb") as f:
         while chunk := f.read(part):
-            (out / f"{gguf.name}.part{k}").write_bytes(chunk)
+            ((first if k == 0 else rest) / f"{gguf.name}.part{k}").write_bytes(chunk)
             k += 1
     ml100k = Path(args.ml100k) if args.ml100k else data_root() / "ml-100k"
-    (out / "ml-100k").mkdir(exist_ok=True)
+    (rest / "ml-100k").mkdir(exist_ok=True)
     for name in ("u.data", "u.item"):
-        shutil.copyfile(ml100k / name, out / "ml-100k" / name)
+        shutil.copyfile(ml100k / name, rest / "ml-100k" / name)
     shutil.copyfile(Path(args.collm_data) if args.collm_data else data_root() / "collm-ml-1m" / "ml-1m.zip",
-                    out / "ml-1m.zip")
-    titles = movielens_candidates(ml100k).titles
-    import numpy as np
-
-    np.save(out / "ml100k_title_minilm.npy", encode_texts(titles, minilm_path()))
-    total = 0
-    for f in sorted(out.rglob("*")):
-        if f.is_file():
-            total += f.stat().st_size
-            print(f"{f.stat().st_size:>12,d}  {f.relative_to(out)}")
-    print(f"{total:>12,d}  total ({total / 2**20:.1f} MiB); reassemble with: cat {gguf.name}.part* > {gguf.name}")
+                    rest / "ml-1m.zip")
+    np.save(rest / "ml100k_title_minilm.npy", encode_texts(movielens_candidates(ml100k).titles, minilm_path()))
+    for folder in (first, rest):
+        total = 0
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                total += f.stat().st_size
+                print(f"{f.stat().st_size:>12,d}  {f.relative_to(out)}")
+        print(f"{total:>12,d}  {folder.name}/ in all ({total / 2**20:.1f} MiB)")
+    print(f"reassemble: cat {gguf.name}.part0 ... part{k - 1} > {gguf.name} (it is {gguf.stat().st_size:,d} bytes)")
     return 0
 
 
@@ -234,6 +240,7 @@ def main(argv=None) -> int:
         config = pipeline.resolve_config("collm", _overrides(args, "collm", {}))
         report["baselines"] = baselines(data_for("collm"), config, device)
         print(json.dumps({"baselines": report["baselines"]}), flush=True)
+        _write(args.out, report)
     unit = args.time_budget / sum(SHARES[r] for r in runs) if args.time_budget is not None and runs else None
     for run in runs:
         model, extra = RUNS[run]
@@ -248,15 +255,20 @@ def main(argv=None) -> int:
                                              log=lambda m: print(m, flush=True))
         report["runs"][run] = pipeline.jsonable(rep)
         print(json.dumps({run: report["runs"][run]["test"], "stages": report["runs"][run]["stages"]}), flush=True)
+        _write(args.out, report)  # after every run: a command stopped at its time limit keeps what finished
         del backbone, _
         if device.type == "cuda":
             torch.cuda.empty_cache()
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    _write(args.out, report)
     print_table([report])
     return 0
+
+
+def _write(path: str | None, report: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2, default=str))
 
 
 def print_table(reports: list[dict]) -> None:
