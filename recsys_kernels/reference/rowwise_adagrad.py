@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from recsys_kernels.reference.int4_embedding_bag import bag_ids  # noqa: F401 (re-exported)
+
 WEIGHT_DECAY_MODES = ("none", "l2", "decoupled")
 POOLINGS = ("sum", "mean")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -290,15 +292,6 @@ def rowwise_adagrad_update_(weight: torch.Tensor, momentum: torch.Tensor, indice
     g = grad_rows.to(_acc_dtype(weight))
     _apply(weight, momentum, indices.to(torch.int64), g, lr, eps, weight_decay, weight_decay_mode,
            stochastic_rounding_seed)
-
-
-def bag_ids(offsets: torch.Tensor, N: int) -> torch.Tensor:
-    """(N,) int64 bag of each occurrence for valid offsets (offsets[0] = 0, offsets[-1] = N): every bag
-    boundary offsets[k], 0 < k < T*B, marks a position, and a cumulative sum counts the marks."""
-    marks = torch.zeros(N + 1, dtype=torch.int64, device=offsets.device)
-    inner = offsets[1:-1].to(torch.int64)
-    marks.index_add_(0, inner, torch.ones_like(inner))
-    return torch.cumsum(marks[:N], 0)
 
 
 def embedding_bag_grad_rows(indices: torch.Tensor, offsets: torch.Tensor, grad_output: torch.Tensor,
