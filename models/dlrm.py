@@ -81,7 +81,9 @@ class DLRM(torch.nn.Module):
     table_sizes: rows per table (capped at ``max_table_rows``); embedding_dim: D of every table;
     bottom_mlp: widths after the num_dense input, the last equal to D; top_mlp: widths after the interaction,
     the last equal to 1; interaction_pad: pad the interaction row to a multiple of this (tensor-core tiles);
-    sparse_lr / sparse_eps: the tables' row-wise Adagrad. ``embedding``: a prebuilt collection (any module with
+    self_interaction: also feed each vector's dot with itself to the top MLP (DLRM's --arch-interaction-itself);
+    sparse_lr / sparse_eps / sparse_weight_decay: the tables' row-wise Adagrad (FBGEMM's "l2" weight decay: only
+    the rows a batch touches decay, so a row is shrunk in proportion to how often it is seen). ``embedding``: a prebuilt collection (any module with
     ``tables`` and forward(features) -> (B, T*D)) instead of the fused one — DQRM and the INT4 export use it.
 
     forward(dense (B, num_dense) float32, features) -> (B,) float32 click logits, where features is
@@ -91,8 +93,9 @@ class DLRM(torch.nn.Module):
 
     def __init__(self, table_sizes: Sequence[int], embedding_dim: int = 16, num_dense: int = 13,
                  bottom_mlp: Sequence[int] = (512, 256, 64, 16), top_mlp: Sequence[int] = (512, 256, 1), *,
-                 max_table_rows: int | None = None, interaction_pad: int = 1, sparse_lr: float = 0.01,
-                 sparse_eps: float = 1e-8, embedding: torch.nn.Module | None = None, seed: int | None = None):
+                 max_table_rows: int | None = None, interaction_pad: int = 1, self_interaction: bool = False,
+                 sparse_lr: float = 0.01,
+                 sparse_eps: float = 1e-8, sparse_weight_decay: float = 0.0, embedding: torch.nn.Module | None = None, seed: int | None = None):
         super().__init__()
         if not table_sizes:
             raise ValueError("table_sizes must name at least one table")
@@ -105,17 +108,21 @@ class DLRM(torch.nn.Module):
         # what rebuilds this architecture around other tables (DQRM.to_int4)
         self.arch = dict(table_sizes=tuple(int(s) for s in table_sizes), embedding_dim=embedding_dim,
                          num_dense=num_dense, bottom_mlp=tuple(bottom_mlp), top_mlp=tuple(top_mlp),
-                         max_table_rows=max_table_rows, interaction_pad=interaction_pad)
+                         max_table_rows=max_table_rows, interaction_pad=interaction_pad,
+                         self_interaction=self_interaction)
         self.table_names = [f"t{t}" for t in range(len(table_sizes))]
         self.num_rows = [int(min(s, max_table_rows) if max_table_rows else s) for s in table_sizes]
         self._capped = max_table_rows is not None and any(r < s for r, s in zip(self.num_rows, table_sizes))
         if embedding is None:
             embedding = FusedEmbeddingBagCollection(self.tables(), seed=seed,
-                                                    optimizer=RowWiseAdagradConfig(lr=sparse_lr, eps=sparse_eps))
+                                                    optimizer=RowWiseAdagradConfig(
+                lr=sparse_lr, eps=sparse_eps, weight_decay=sparse_weight_decay,
+                weight_decay_mode="l2" if sparse_weight_decay else "none"))
         self.embedding = embedding
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.bottom_mlp = mlp([num_dense, *bottom_mlp], relu_last=True, generator=gen)
-        self.interaction = DotInteraction(self_interaction=False, layout="lower", pad_to_multiple=interaction_pad)
+        self.interaction = DotInteraction(self_interaction=self_interaction, layout="lower",
+                                          pad_to_multiple=interaction_pad)
         self.top_mlp = mlp([self.interaction.output_dim(len(table_sizes), embedding_dim), *top_mlp], relu_last=False,
                            generator=gen)
 

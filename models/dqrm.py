@@ -21,6 +21,7 @@ import torch
 
 from recsys_kernels.models.dlrm import DLRM
 from recsys_kernels.ops.int4_embedding_bag import row_bytes
+from recsys_kernels.optim import RowWiseAdagrad
 from recsys_kernels.nn import EmbeddingBagConfig, Int4EmbeddingBagCollection, QATEmbeddingBagCollection
 
 __all__ = ["DQRM", "table_bytes"]
@@ -38,26 +39,33 @@ class DQRM(DLRM):
     """DLRM (see recsys_kernels.models.dlrm.DLRM for the arguments, shapes and forward) with INT4 QAT tables.
 
     qparams: "row" | "table"; scale_refresh_every: training steps between "table" scale refreshes.
-    ``sparse_lr`` / ``sparse_eps`` are not used by the module: pass them to RowWiseAdagrad over
-    ``sparse_parameters()`` (the ctr task does). Embedding dims must be even (two INT4 codes per byte).
+    ``sparse_lr`` / ``sparse_eps`` / ``sparse_weight_decay`` are not used by the module: they are the settings of
+    RowWiseAdagrad over ``sparse_parameters()`` (``make_sparse_optimizer``). Embedding dims must be even (two INT4 codes per byte).
     """
 
     def __init__(self, table_sizes: Sequence[int], embedding_dim: int = 16, num_dense: int = 13,
                  bottom_mlp: Sequence[int] = (512, 256, 64, 16), top_mlp: Sequence[int] = (512, 256, 1), *,
                  qparams: str = "row", scale_refresh_every: int = 100, max_table_rows: int | None = None,
-                 interaction_pad: int = 1, sparse_lr: float = 0.01, sparse_eps: float = 1e-8,
-                 seed: int | None = None):
-        self.sparse_lr, self.sparse_eps = sparse_lr, sparse_eps
+                 interaction_pad: int = 1, self_interaction: bool = False, sparse_lr: float = 0.01, sparse_eps: float = 1e-8,
+                 sparse_weight_decay: float = 0.0, seed: int | None = None):
+        self.sparse_lr, self.sparse_eps, self.sparse_weight_decay = sparse_lr, sparse_eps, sparse_weight_decay
         names = [f"t{t}" for t in range(len(table_sizes))]
         rows = [int(min(s, max_table_rows) if max_table_rows else s) for s in table_sizes]
         qat = QATEmbeddingBagCollection([EmbeddingBagConfig(n, r, embedding_dim) for n, r in zip(names, rows)],
                                         qparams=qparams, scale_refresh_every=scale_refresh_every, seed=seed)
         super().__init__(table_sizes, embedding_dim, num_dense, bottom_mlp, top_mlp, max_table_rows=max_table_rows,
-                         interaction_pad=interaction_pad, embedding=qat, seed=seed)
+                         interaction_pad=interaction_pad, self_interaction=self_interaction, embedding=qat,
+                         seed=seed)
 
     def sparse_parameters(self) -> list[torch.nn.Parameter]:
         """The QAT master tables: sparse COO gradients, to be stepped by RowWiseAdagrad."""
         return list(self.embedding.parameters())
+
+    def make_sparse_optimizer(self) -> RowWiseAdagrad:
+        """RowWiseAdagrad over the QAT tables with this model's sparse settings ("l2" decay as in DLRM)."""
+        return RowWiseAdagrad(self.sparse_parameters(), lr=self.sparse_lr, eps=self.sparse_eps,
+                              weight_decay=self.sparse_weight_decay,
+                              weight_decay_mode="l2" if self.sparse_weight_decay else "none")
 
     @torch.no_grad()
     def to_int4(self) -> DLRM:
