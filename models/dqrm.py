@@ -20,19 +20,19 @@ from typing import Sequence
 import torch
 
 from recsys_kernels.models.dlrm import DLRM
+from recsys_kernels.nn import EmbeddingBagConfig, Int4EmbeddingBagCollection, QATEmbeddingBagCollection
 from recsys_kernels.ops.int4_embedding_bag import row_bytes
 from recsys_kernels.optim import RowWiseAdagrad
-from recsys_kernels.nn import EmbeddingBagConfig, Int4EmbeddingBagCollection, QATEmbeddingBagCollection
 
 __all__ = ["DQRM", "table_bytes"]
 
 
 def table_bytes(embedding: torch.nn.Module) -> int:
-    """Bytes of the tables' stored rows: float master weights, or packed INT4 rows (scale, bias and row padding
-    included), whichever ``embedding`` holds; optimizer state and scale buffers are not counted."""
+    """Bytes of the tables' stored rows: packed INT4 rows (scale, bias and row padding included) or the float
+    weights, whichever ``embedding`` holds; optimizer state and scale buffers are not counted."""
     if isinstance(embedding, Int4EmbeddingBagCollection):
         return sum(embedding.int4_rows(t.name).numel() for t in embedding.tables)
-    return sum(t.num_embeddings * t.embedding_dim * 4 for t in embedding.tables)  # float32 rows
+    return sum(p.numel() * p.element_size() for p in embedding.parameters())
 
 
 class DQRM(DLRM):
@@ -76,6 +76,9 @@ class DQRM(DLRM):
         return int4.eval()
 
     def table_bytes(self) -> dict[str, int]:
-        """{"fp32": bytes of the float32 tables, "int4": bytes of their INT4 rows as to_int4() stores them}."""
+        """{"fp32": bytes of the float32 tables, "int4": bytes of their INT4 rows as to_int4() stores them (FBGEMM's
+        rows padded to 16 bytes), "int4_unpadded": the same without the padding (4 + D/2 bytes a row)}."""
+        tables = self.embedding.tables
         return {"fp32": table_bytes(self.embedding),
-                "int4": sum(t.num_embeddings * row_bytes(t.embedding_dim) for t in self.embedding.tables)}
+                "int4": sum(t.num_embeddings * row_bytes(t.embedding_dim) for t in tables),
+                "int4_unpadded": sum(t.num_embeddings * (4 + t.embedding_dim // 2) for t in tables)}

@@ -36,8 +36,13 @@ COMMON = dict(epochs=1, batch_size=128, eval_batch_size=16384, seed=0, lr=1e-3, 
 _KAGGLE = {k: v for k, v in ARCHS["dlrm-criteo-kaggle"].items() if k != "table_sizes"}
 _MLPERF = {k: v for k, v in ARCHS["dlrm-mlperf"].items() if k != "table_sizes"}
 _TINY = {k: v for k, v in ARCHS["dlrm-tiny"].items() if k != "table_sizes"}
-# The quality run: synthetic_ctr's planted logistic model (200k rows, 8 tables of 1000 ids), Kaggle MLP sizes.
-_SYNTH = dict(COMMON, **_KAGGLE, epochs=4, batch_size=256, data_args=dict(num_samples=200_000, seed=0))
+# The quality run (README / benchmarks/RESULTS.md): synthetic_ctr's planted logistic model on 1M rows of 8 tables
+# of 100 ids, Kaggle's D = 16 with small MLPs; tuned on the CPU. The planted model is additive in per-id effects,
+# which DLRM (no first-order sparse term) must learn through dots with the bottom MLP's output; with 1000-id tables
+# or 200k rows the gap to the planted AUC is set by the sample size, not the model (RESULTS.md).
+_SYNTH = dict(COMMON, embedding_dim=16, bottom_mlp=(64, 16), top_mlp=(64, 1), epochs=8, batch_size=1024, lr=1e-3,
+              sparse_lr=0.03, sparse_weight_decay=3e-5,
+              data_args=dict(num_samples=1_000_000, table_sizes=(100,) * 8, seed=0))
 _TINY_RUN = dict(COMMON, **_TINY, epochs=2, batch_size=64, lr=1e-2, sparse_lr=0.05,
                  data_args=dict(num_samples=2000, table_sizes=(50, 40, 30, 20), seed=0))
 
