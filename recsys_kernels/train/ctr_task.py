@@ -19,7 +19,8 @@ On synthetic_ctr's defaults (200k rows, 8 tables of 1000 ids) the planted AUC (0
 model fitted to 160k rows: DLRM reached 0.782, and a correctly specified logistic regression on one-hot ids and
 dense features 0.790 — the gap there is estimation noise, which is why the quality config uses 1M rows of 100-id
 tables. DLRM has no first-order sparse term, so the planted per-id effects must be learned through dots with
-the bottom MLP's output; low sparse lr (0.03) and a little l2 (3e-5) matter most (sparse lr 0.3: 0.846).
+the bottom MLP's output; a low sparse lr matters most (test AUC at 1M rows: sparse lr 0.03 0.8582, 0.05 0.8577,
+0.1 0.8568, 0.3 0.849) and a little l2 (3e-5) helps.
 """
 
 from __future__ import annotations
