@@ -83,7 +83,8 @@ class DLRM(torch.nn.Module):
     the last equal to 1; interaction_pad: pad the interaction row to a multiple of this (tensor-core tiles);
     self_interaction: also feed each vector's dot with itself to the top MLP (DLRM's --arch-interaction-itself);
     sparse_lr / sparse_eps / sparse_weight_decay: the tables' row-wise Adagrad (FBGEMM's "l2" weight decay: only
-    the rows a batch touches decay, so a row is shrunk in proportion to how often it is seen). ``embedding``: a prebuilt collection (any module with
+    the rows a batch touches decay, so a row is shrunk in proportion to how often it is seen).
+    ``embedding``: a prebuilt collection (any module with
     ``tables`` and forward(features) -> (B, T*D)) instead of the fused one — DQRM and the INT4 export use it.
 
     forward(dense (B, num_dense) float32, features) -> (B,) float32 click logits, where features is
@@ -95,7 +96,8 @@ class DLRM(torch.nn.Module):
                  bottom_mlp: Sequence[int] = (512, 256, 64, 16), top_mlp: Sequence[int] = (512, 256, 1), *,
                  max_table_rows: int | None = None, interaction_pad: int = 1, self_interaction: bool = False,
                  sparse_lr: float = 0.01,
-                 sparse_eps: float = 1e-8, sparse_weight_decay: float = 0.0, embedding: torch.nn.Module | None = None, seed: int | None = None):
+                 sparse_eps: float = 1e-8, sparse_weight_decay: float = 0.0,
+                 embedding: torch.nn.Module | None = None, seed: int | None = None):
         super().__init__()
         if not table_sizes:
             raise ValueError("table_sizes must name at least one table")

@@ -40,13 +40,15 @@ class DQRM(DLRM):
 
     qparams: "row" | "table"; scale_refresh_every: training steps between "table" scale refreshes.
     ``sparse_lr`` / ``sparse_eps`` / ``sparse_weight_decay`` are not used by the module: they are the settings of
-    RowWiseAdagrad over ``sparse_parameters()`` (``make_sparse_optimizer``). Embedding dims must be even (two INT4 codes per byte).
+    RowWiseAdagrad over ``sparse_parameters()`` (``make_sparse_optimizer``). Embedding dims must be even (two
+    INT4 codes per byte).
     """
 
     def __init__(self, table_sizes: Sequence[int], embedding_dim: int = 16, num_dense: int = 13,
                  bottom_mlp: Sequence[int] = (512, 256, 64, 16), top_mlp: Sequence[int] = (512, 256, 1), *,
                  qparams: str = "row", scale_refresh_every: int = 100, max_table_rows: int | None = None,
-                 interaction_pad: int = 1, self_interaction: bool = False, sparse_lr: float = 0.01, sparse_eps: float = 1e-8,
+                 interaction_pad: int = 1, self_interaction: bool = False, sparse_lr: float = 0.01,
+                 sparse_eps: float = 1e-8,
                  sparse_weight_decay: float = 0.0, seed: int | None = None):
         self.sparse_lr, self.sparse_eps, self.sparse_weight_decay = sparse_lr, sparse_eps, sparse_weight_decay
         names = [f"t{t}" for t in range(len(table_sizes))]

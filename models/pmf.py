@@ -45,7 +45,8 @@ class PMF(torch.nn.Module):
             raise ValueError(f"reg and reg_bias must be >= 0, got {reg} and {reg_bias}")
         self.num_users, self.num_items, self.embedding_dim = num_users, num_items, embedding_dim
         self.mode, self.reg, self.reg_bias = mode, reg, reg_bias
-        tables = [EmbeddingBagConfig("user", num_users, embedding_dim), EmbeddingBagConfig("item", num_items, embedding_dim),
+        tables = [EmbeddingBagConfig("user", num_users, embedding_dim),
+                  EmbeddingBagConfig("item", num_items, embedding_dim),
                   EmbeddingBagConfig("user_bias", num_users, 1), EmbeddingBagConfig("item_bias", num_items, 1)]
         self.tables = FusedEmbeddingBagCollection(tables, optimizer=RowWiseAdagradConfig(lr=lr, eps=eps), seed=seed)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
