@@ -141,6 +141,9 @@ class DLRM(torch.nn.Module):
         x = self.bottom_mlp(dense)                                           # (B, D)
         pooled = self.embedding(self.features(features))                     # (B, T*D)
         sparse = pooled.view(pooled.shape[0], len(self.table_names), self.embedding_dim)
+        # Under autocast the bottom MLP yields bf16/fp16 while the tables pool in their own dtype: the interaction
+        # takes one dtype, that of the MLP side.
+        sparse = sparse.to(x.dtype)
         return self.top_mlp(self.interaction(x, sparse)).squeeze(-1)        # (B,)
 
     def dense_parameters(self) -> list[torch.nn.Parameter]:

@@ -10,6 +10,9 @@ is written and the best weights are kept in memory.
 ``amp``: bfloat16 autocast on CUDA (no loss scaling needed for bf16); elsewhere it is off, with a note.
 ``compile``: ``model.compile()`` — the module's forward is compiled in place, so state dict keys and
 checkpoints are the same as eager.
+``budget_s``: a wall-clock budget for training and validation; after each epoch the trainer stops when one more
+epoch of the mean length so far would end past it (at least one epoch always runs; the test evaluation of the
+best epoch comes after it). ``result["stopped"]`` says why training ended: "epochs", "patience" or "budget".
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def _write_json(path: Path, payload: dict) -> None:
 def fit(task: Task, config: dict, *, device: str | torch.device = "cpu", amp: bool = False, compile: bool = False,
         out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
         model_name: str | None = None, data_name: str | None = None, log: Log = _stderr,
-        progress: bool = True) -> dict:
+        progress: bool = True, budget_s: float | None = None) -> dict:
     """Train ``task`` for ``config["epochs"]`` epochs and return the results dict (see module docstring)."""
     device = torch.device(device)
     if amp and device.type != "cuda":
@@ -113,6 +116,8 @@ def fit(task: Task, config: dict, *, device: str | torch.device = "cpu", amp: bo
 
     num_batches = getattr(task, "num_train_batches", None)
     stale = 0
+    stopped = "epochs"
+    t_start = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
         bar = Progress(f"epoch {epoch + 1}/{epochs}", num_batches() if callable(num_batches) else None,
@@ -164,14 +169,21 @@ def fit(task: Task, config: dict, *, device: str | torch.device = "cpu", amp: bo
             save_checkpoint(out / "last.pt", checkpoint_payload(epoch + 1))
         if patience and stale >= patience:
             log(f"stopping: no better valid {task.primary_metric} for {patience} epochs")
+            stopped = "patience"
             break
+        if budget_s is not None and epoch + 1 < epochs:
+            elapsed, done = time.perf_counter() - t_start, epoch + 1 - start_epoch
+            if elapsed * (done + 1) / done > budget_s:  # one more epoch of the mean length would overrun
+                log(f"stopping: another epoch would pass the {budget_s:g} s budget ({elapsed:.1f} s used)")
+                stopped = "budget"
+                break
 
     if best_state is not None:
         model.load_state_dict(best_state)
     with autocast(device, amp):
         test = task.evaluate(model, "test", device)
     log(f"test (best epoch {best['epoch'] if best else '-'}): " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-    result = dict(run_info, epochs=history, best_epoch=best["epoch"] if best else None,
+    result = dict(run_info, epochs=history, stopped=stopped, best_epoch=best["epoch"] if best else None,
                   best_valid=best["valid"] if best else None, test=test,
                   checkpoint=str(out / "best.pt") if out is not None and best is not None else None)
     if out is not None:

@@ -28,6 +28,7 @@ TASK_MODULES = (
     "recsys_kernels.train.sequential_task",
     "recsys_kernels.train.ratings_task",
     "recsys_kernels.train.ctr_task",
+    "recsys_kernels.train.quality_configs",  # after the modules it adds configs to
 )
 
 _loaded = False

@@ -105,3 +105,11 @@ def test_progress_shows_loss_and_throughput(capsys, monkeypatch, have_tqdm):
     err = capsys.readouterr().err
     n = task.num_train_batches()
     assert "epoch 1/1" in err and f"{n}/{n}" in err and "loss=" in err and "samples_s=" in err
+
+
+def test_budget_stops_before_overrunning():
+    task = tiny_task("gru4rec", epochs=50)
+    result = fit(task, task.config, log=_quiet, progress=False, budget_s=0.0)  # any epoch overruns a zero budget
+    assert len(result["epochs"]) == 1 and result["stopped"] == "budget" and result["best_epoch"] == 1
+    full = fit(task, dict(task.config, epochs=2), log=_quiet, progress=False, budget_s=1e9)
+    assert len(full["epochs"]) == 2 and full["stopped"] == "epochs"
