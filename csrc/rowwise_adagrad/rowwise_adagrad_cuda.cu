@@ -28,6 +28,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
+#include <utility>
 
 #include "rowwise_adagrad/rowwise_adagrad.h"
 
@@ -159,9 +161,9 @@ __device__ __forceinline__ void update_row(W* __restrict__ weight, float* __rest
 
 // ------------------------------------------------------------------------------------------------- prepare
 
-template <typename index_t>
+template <typename index_t, typename K>
 __global__ void prepare_update_kernel(const index_t* __restrict__ indices, int64_t N, int64_t E,
-                                      int64_t* __restrict__ keys, int32_t* __restrict__ pos, int* err) {
+                                      K* __restrict__ keys, int32_t* __restrict__ pos, int* err) {
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < N;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t r = static_cast<int64_t>(indices[p]);
@@ -169,15 +171,15 @@ __global__ void prepare_update_kernel(const index_t* __restrict__ indices, int64
       atomicOr(err, kErrIndex);
       r = 0;
     }
-    keys[p] = r;
+    keys[p] = static_cast<K>(r);
     pos[p] = static_cast<int32_t>(p);
   }
 }
 
-template <typename index_t>
+template <typename index_t, typename K>
 __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const int64_t* __restrict__ offsets,
                                      const int64_t* __restrict__ tabs, int64_t N, int64_t T, int64_t B, int64_t E,
-                                     int64_t* __restrict__ keys, int32_t* __restrict__ pos,
+                                     K* __restrict__ keys, int32_t* __restrict__ pos,
                                      int32_t* __restrict__ bag_of, int* err) {
   const int64_t TB = T * B;
   const int64_t total = std::max(N, TB + 1);
@@ -209,7 +211,7 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
       atomicOr(err, kErrIndex);
       r = 0;
     }
-    keys[k] = r;
+    keys[k] = static_cast<K>(r);
     pos[k] = static_cast<int32_t>(k);
     bag_of[k] = static_cast<int32_t>(bag);
   }
@@ -217,35 +219,42 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
 
 // ---------------------------------------------------------------------------------------------- row pieces
 
-template <typename W, typename G, int VEC, int NV>
+// One warp per chunk of 32 sorted occurrences. Lane k reads occurrence first + k's row and gradient address with
+// one coalesced load; the warp then walks the chunk U occurrences at a time: their U gradient rows (and, for each
+// run that ends among them and started in this chunk, its weight row and accumulator) are loaded together, so
+// many rows are in flight, then added strictly in position order. At a run's last occurrence in the chunk the
+// warp either updates the row (the run started in this chunk) or writes its sum to a partial slot: slot 0 for a
+// run that began in an earlier chunk, slot 1 for one that begins here and goes on past the chunk.
+template <typename K, typename W, typename G, int VEC, int NV>
 __global__ void __launch_bounds__(kWarps * 32)
-    piece_kernel(const int64_t* __restrict__ rows, const int32_t* __restrict__ pos, int64_t N, int64_t D,
-                 GradView gv, W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial,
-                 DeviceHyper h) {
+    chunk_kernel(const K* __restrict__ rows, const int32_t* __restrict__ pos, int64_t N, int64_t D, GradView gv,
+                 W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h) {
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (i >= N) return;
-  const int64_t r = rows[i];
-  const bool is_start = i == 0 || rows[i - 1] != r;
-  const int64_t chunk = i / kChunk;
-  if (!is_start && i != chunk * kChunk) return;  // warp-uniform: the warp leaves together
-  const int64_t chunk_end = std::min(chunk * kChunk + kChunk, N);
-  // Lane k looks at sorted position i + k: the piece is the lanes before the first different row.
-  const int64_t j = i + lane;
-  const bool same = j < chunk_end && rows[j] == r;
-  const unsigned differ = __ballot_sync(kFull, !same);
-  const int count = differ ? __ffs(differ) - 1 : 32;
-  const bool continues = i + count < N && rows[i + count] == r;
-  const bool finishes_here = is_start && !continues;
-  float w[NV][VEC];
-  float m_old = 0.f;
-  if (finishes_here) {
-    load_row<W, VEC, NV>(weight, r, D, lane, w);
-    m_old = momentum[r];
-  }
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t first = c * kChunk;
+  if (first >= N) return;
+  const int count = static_cast<int>(std::min<int64_t>(kChunk, N - first));
+  const int64_t j = first + lane;
+  const bool valid = lane < count;
+  const int64_t r = valid ? static_cast<int64_t>(rows[j]) : -1;
+  const int64_t before = first > 0 ? static_cast<int64_t>(rows[first - 1]) : -1;
+  const int64_t after = first + kChunk < N ? static_cast<int64_t>(rows[first + kChunk]) : -1;
+  int64_t prev = __shfl_up_sync(kFull, r, 1);
+  int64_t next = __shfl_down_sync(kFull, r, 1);
+  if (lane == 0) prev = before;
+  if (lane == 31) next = after;
+  const unsigned starts = __ballot_sync(kFull, valid && r != prev);
+  // A piece ends where the run ends or the chunk does.
+  const unsigned ends = __ballot_sync(kFull, valid && (r != next || lane == count - 1));
+  const unsigned run_ends = __ballot_sync(kFull, valid && r != next);
+  // The run ending at lane k started in this chunk iff some lane <= k starts a run.
+  const unsigned lanes_upto = lane == 31 ? kFull : (2u << lane) - 1u;
+  const unsigned started_here = __ballot_sync(kFull, valid && (starts & lanes_upto) != 0);
+  const unsigned updates = run_ends & started_here;
+
   int64_t my_off = 0;
   float my_scale = 1.f;
-  if (same) {
+  if (valid) {
     const int64_t p = pos[j];
     if (gv.bag_of == nullptr) {
       my_off = p * gv.ld;
@@ -258,21 +267,24 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   const G* grad = static_cast<const G*>(gv.grad);
-  float g[NV][VEC];
+  float acc[NV][VEC];
 #pragma unroll
   for (int v = 0; v < NV; ++v)
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) g[v][k] = 0.f;
-  // U rows in flight per step; they are added strictly in position order.
-  constexpr int U = NV >= 4 ? 1 : 4 / NV;
+    for (int e = 0; e < VEC; ++e) acc[v][e] = 0.f;
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;  // occurrences in flight per step
   for (int k0 = 0; k0 < count; k0 += U) {
     float x[U][NV][VEC];
+    float w[U][NV][VEC];
+    float m[U];
     float s[U];
+    int64_t rr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u;
       const int64_t off = __shfl_sync(kFull, my_off, k & 31);
       s[u] = __shfl_sync(kFull, my_scale, k & 31);
+      rr[u] = __shfl_sync(kFull, r, k & 31);
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         const int64_t d = col<VEC>(v, lane);
@@ -283,44 +295,55 @@ __global__ void __launch_bounds__(kWarps * 32)
           for (int e = 0; e < VEC; ++e) x[u][v][e] = 0.f;
         }
       }
+      m[u] = 0.f;
+      if (k < count && ((updates >> k) & 1u)) {
+        load_row<W, VEC, NV>(weight, rr[u], D, lane, w[u]);
+        m[u] = momentum[rr[u]];
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (k0 + u < count) {
+      const int k = k0 + u;
+      if (k >= count) break;
 #pragma unroll
-        for (int v = 0; v < NV; ++v)
+      for (int v = 0; v < NV; ++v)
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) g[v][e] += s[u] * x[u][v][e];
+        for (int e = 0; e < VEC; ++e) acc[v][e] += s[u] * x[u][v][e];
+      if (!((ends >> k) & 1u)) continue;
+      if ((updates >> k) & 1u) {
+        update_row<W, VEC, NV>(weight, momentum, rr[u], acc, w[u], m[u], D, lane, h);
+      } else {
+        const int slot = ((started_here >> k) & 1u) ? 1 : 0;
+        float* dst = partial + (c * 2 + slot) * D;
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+          const int64_t d = col<VEC>(v, lane);
+          if (d < D) {
+            Pack<float, VEC> pk;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) pk.v[e] = acc[v][e];
+            *reinterpret_cast<Pack<float, VEC>*>(dst + d) = pk;
+          }
+        }
       }
-    }
-  }
-  if (finishes_here) {
-    update_row<W, VEC, NV>(weight, momentum, r, g, w, m_old, D, lane, h);
-    return;
-  }
-  float* slot = partial + (chunk * 2 + (is_start ? 1 : 0)) * D;  // 1: the run starts here, 0: continuation
 #pragma unroll
-  for (int v = 0; v < NV; ++v) {
-    const int64_t d = col<VEC>(v, lane);
-    if (d < D) {
-      Pack<float, VEC> pk;
+      for (int v = 0; v < NV; ++v)
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) pk.v[e] = g[v][e];
-      *reinterpret_cast<Pack<float, VEC>*>(slot + d) = pk;
+        for (int e = 0; e < VEC; ++e) acc[v][e] = 0.f;
     }
   }
 }
 
-template <typename W, int VEC, int NV>
+template <typename K, typename W, int VEC, int NV>
 __global__ void __launch_bounds__(kWarps * 32)
-    finish_kernel(const int64_t* __restrict__ rows, int64_t N, int64_t num_chunks, int64_t D, W* __restrict__ weight,
+    finish_kernel(const K* __restrict__ rows, int64_t N, int64_t num_chunks, int64_t D, W* __restrict__ weight,
                   float* __restrict__ momentum, const float* __restrict__ partial, DeviceHyper h) {
   const int lane = threadIdx.x & 31;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (c >= num_chunks) return;
   const int64_t first = c * kChunk;
   const int64_t last = std::min(first + kChunk, N) - 1;
-  const int64_t r = rows[last];
+  const K r = rows[last];
   // Finish the run at the end of chunk c if it goes on past it and started inside it.
   if (last + 1 >= N || rows[last + 1] != r) return;
   if (first > 0 && rows[first - 1] == r) return;
@@ -369,54 +392,72 @@ DeviceHyper device_hyper(const RowwiseAdagradHyper& h) {
 
 bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-template <typename W, typename G, int VEC, int NV>
+template <typename K, typename W, typename G, int VEC, int NV>
 void launch_pieces(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int64_t D, const GradView& gv,
                    at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h) {
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_chunks = (N + kChunk - 1) / kChunk;
-  piece_kernel<W, G, VEC, NV><<<(N + kWarps - 1) / kWarps, kWarps * 32, 0, stream>>>(
-      rows.const_data_ptr<int64_t>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
+  const auto blocks = static_cast<unsigned>((num_chunks + kWarps - 1) / kWarps);
+  chunk_kernel<K, W, G, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
+      rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
       momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  finish_kernel<W, VEC, NV><<<(num_chunks + kWarps - 1) / kWarps, kWarps * 32, 0, stream>>>(
-      rows.const_data_ptr<int64_t>(), N, num_chunks, D, weight.mutable_data_ptr<W>(),
-      momentum.mutable_data_ptr<float>(), partial.const_data_ptr<float>(), h);
+  finish_kernel<K, W, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
+      rows.const_data_ptr<K>(), N, num_chunks, D, weight.mutable_data_ptr<W>(), momentum.mutable_data_ptr<float>(),
+      partial.const_data_ptr<float>(), h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename W, typename G>
+template <typename K, typename W, typename G>
 void launch_typed(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int64_t D, const GradView& gv,
                   at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h) {
   const bool vec4 = D % 4 == 0 && gv.ld % 4 == 0 && aligned(weight.const_data_ptr(), 4 * sizeof(W)) &&
                     aligned(gv.grad, 4 * sizeof(G));
   if (vec4) {
-    if (D <= 128) launch_pieces<W, G, 4, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else if (D <= 256) launch_pieces<W, G, 4, 2>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else if (D <= 512) launch_pieces<W, G, 4, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else launch_pieces<W, G, 4, 8>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    if (D <= 128) launch_pieces<K, W, G, 4, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else if (D <= 256) launch_pieces<K, W, G, 4, 2>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else if (D <= 512) launch_pieces<K, W, G, 4, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else launch_pieces<K, W, G, 4, 8>(rows, pos, N, D, gv, weight, momentum, partial, h);
   } else {
-    if (D <= 32) launch_pieces<W, G, 1, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else if (D <= 128) launch_pieces<W, G, 1, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else launch_pieces<W, G, 1, 32>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    if (D <= 32) launch_pieces<K, W, G, 1, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else if (D <= 128) launch_pieces<K, W, G, 1, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else launch_pieces<K, W, G, 1, 32>(rows, pos, N, D, gv, weight, momentum, partial, h);
   }
 }
 
-// The error word of the prepare kernel: the one host sync, before anything is sorted or written.
+// The error word of the prepare kernel: the one host sync. It is read after the sort has been queued (the
+// prepare kernel clamps bad rows to 0, so the sort is safe on any input) and before anything is written.
 int read_error(const at::Tensor& err) { return err.item<int>(); }
 
-// Sort the validated (row, position) pairs by row (stable; only the bits a row needs), then update.
-void sort_and_update(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& keys, const at::Tensor& pos,
-                     const GradView& gv, at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper) {
-  const int64_t N = keys.numel();
-  if (N == 0) return;
-  const int64_t E = weight.size(0), D = weight.size(1);
+// Rows fit 32-bit sort keys unless a table has 2^31 rows or more: half the key bytes for the sort to move.
+bool int32_keys(int64_t E) { return E <= std::numeric_limits<int32_t>::max(); }
+
+template <typename K>
+at::ScalarType key_dtype() {
+  return std::is_same_v<K, int32_t> ? at::kInt : at::kLong;
+}
+
+// Sorts the (row, position) pairs by row, stable and over only the bits a row needs; returns (rows, positions).
+template <typename K>
+std::pair<at::Tensor, at::Tensor> sort_by_row(const at::Tensor& keys, const at::Tensor& pos, int64_t E) {
   auto rows_sorted = at::empty_like(keys);
   auto pos_sorted = at::empty_like(pos);
+  const int64_t N = keys.numel();
+  if (N == 0) return {rows_sorted, pos_sorted};
   const int end_bit = std::max(1, bits_for(static_cast<uint64_t>(std::max<int64_t>(E - 1, 0))));
-  at::cuda::cub::radix_sort_pairs<int64_t, int32_t>(keys.const_data_ptr<int64_t>(),
-                                                    rows_sorted.mutable_data_ptr<int64_t>(),
-                                                    pos.const_data_ptr<int32_t>(),
-                                                    pos_sorted.mutable_data_ptr<int32_t>(), N, false, 0, end_bit);
+  at::cuda::cub::radix_sort_pairs<K, int32_t>(keys.const_data_ptr<K>(), rows_sorted.mutable_data_ptr<K>(),
+                                              pos.const_data_ptr<int32_t>(), pos_sorted.mutable_data_ptr<int32_t>(), N,
+                                              false, 0, end_bit);
+  return {rows_sorted, pos_sorted};
+}
+
+// Sums each row's gradient occurrences (sorted by row) and updates the row.
+template <typename K>
+void update_sorted(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& rows_sorted, const at::Tensor& pos_sorted,
+                   const GradView& gv, at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper) {
+  const int64_t N = rows_sorted.numel();
+  if (N == 0) return;
+  const int64_t D = weight.size(1);
   const DeviceHyper h = device_hyper(hyper);
   const int64_t num_chunks = (N + kChunk - 1) / kChunk;
   auto partial = at::empty({num_chunks * 2, D}, weight.options().dtype(at::kFloat));
@@ -425,9 +466,9 @@ void sort_and_update(at::Tensor& weight, at::Tensor& momentum, const at::Tensor&
       TORCH_CHECK(false, "weight: the CUDA rowwise_adagrad kernel takes float32, float16 or bfloat16, got float64");
     } else {
       if (grad_dtype == weight.scalar_type())
-        launch_typed<scalar_t, scalar_t>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
+        launch_typed<K, scalar_t, scalar_t>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
       else
-        launch_typed<scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
+        launch_typed<K, scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
     }
   });
 }
@@ -459,6 +500,29 @@ int blocks_for(int64_t n) {
   std::abort();  // unreachable: TORCH_CHECK(false) throws
 }
 
+template <typename K>
+void update_with_keys(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices, const GradView& gv,
+                      at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper, int64_t N, int64_t E) {
+  at::Tensor keys = at::empty({N}, indices.options().dtype(key_dtype<K>()));
+  auto pos = at::empty({N}, indices.options().dtype(at::kInt));
+  auto err = at::zeros({1}, indices.options().dtype(at::kInt));
+  K* keys_out = keys.mutable_data_ptr<K>();
+  int32_t* pos_out = pos.mutable_data_ptr<int32_t>();
+  int* err_out = err.mutable_data_ptr<int>();
+  if (N > 0) {
+    AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare", [&] {
+      const auto idx = indices.contiguous();
+      const index_t* idx_in = idx.const_data_ptr<index_t>();
+      prepare_update_kernel<<<blocks_for(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(idx_in, N, E, keys_out,
+                                                                                          pos_out, err_out);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const auto [rows_sorted, pos_sorted] = sort_by_row<K>(keys, pos, E);
+  if (read_error(err) != 0) raise_update_error(indices, E);
+  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper);
+}
+
 void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices,
                                  const at::Tensor& grad_rows, double lr, double eps, double weight_decay,
                                  c10::string_view weight_decay_mode, int64_t stochastic_rounding_seed) {
@@ -467,22 +531,10 @@ void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const
   check_cuda_inputs(weight, momentum, shape.N);
   c10::cuda::CUDAGuard guard(weight.device());
   const int64_t N = shape.N, E = shape.E;
-  auto keys = at::empty({N}, indices.options().dtype(at::kLong));
-  auto pos = at::empty({N}, indices.options().dtype(at::kInt));
-  auto err = at::zeros({1}, indices.options().dtype(at::kInt));
-  if (N > 0) {
-    AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare", [&] {
-      const auto idx = indices.contiguous();
-      prepare_update_kernel<index_t><<<blocks_for(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          idx.const_data_ptr<index_t>(), N, E, keys.mutable_data_ptr<int64_t>(), pos.mutable_data_ptr<int32_t>(),
-          err.mutable_data_ptr<int>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  if (read_error(err) != 0) raise_update_error(indices, E);
   const auto g = grad_rows.stride(1) == 1 ? grad_rows : grad_rows.contiguous();
   const GradView gv{g.const_data_ptr(), g.stride(0), nullptr, nullptr, nullptr, 1, false};
-  sort_and_update(weight, momentum, keys, pos, gv, g.scalar_type(), hyper);
+  if (int32_keys(E)) update_with_keys<int32_t>(weight, momentum, indices, gv, g.scalar_type(), hyper, N, E);
+  else update_with_keys<int64_t>(weight, momentum, indices, gv, g.scalar_type(), hyper, N, E);
 }
 
 // The fused backward's error message, found again on the host (the error path only).
@@ -518,6 +570,33 @@ void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const
   std::abort();  // unreachable: TORCH_CHECK(false) throws
 }
 
+template <typename K>
+void fused_with_keys(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices, const at::Tensor& offsets,
+                     const at::Tensor& off, const at::Tensor& tabs, at::Tensor& bag_of, const GradView& gv, at::ScalarType grad_dtype,
+                     const RowwiseAdagradHyper& hyper, int64_t N, int64_t T, int64_t B, int64_t E) {
+  const auto opts = indices.options();
+  at::Tensor keys = at::empty({N}, opts.dtype(key_dtype<K>()));
+  auto pos = at::empty({N}, opts.dtype(at::kInt));
+  auto err = at::zeros({1}, opts.dtype(at::kInt));
+  K* keys_out = keys.mutable_data_ptr<K>();
+  int32_t* pos_out = pos.mutable_data_ptr<int32_t>();
+  int32_t* bag_out = bag_of.mutable_data_ptr<int32_t>();
+  int* err_out = err.mutable_data_ptr<int>();
+  const int64_t* off_in = off.const_data_ptr<int64_t>();
+  const int64_t* tabs_in = tabs.const_data_ptr<int64_t>();
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare_fused", [&] {
+    const auto idx = indices.contiguous();
+    const index_t* idx_in = idx.const_data_ptr<index_t>();
+    prepare_fused_kernel<<<blocks_for(std::max(N, T * B + 1)), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        idx_in, off_in, tabs_in, N, T, B, E, keys_out, pos_out, bag_out, err_out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const auto [rows_sorted, pos_sorted] = sort_by_row<K>(keys, pos, E);
+  const int e = read_error(err);
+  if (e != 0) raise_fused_error(e, indices, offsets, tabs, N, T, B, E);
+  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper);
+}
+
 void embedding_bag_backward_rowwise_adagrad_cuda(
     at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices, const at::Tensor& offsets,
     const at::Tensor& grad_output, const std::optional<at::Tensor>& table_offsets, c10::string_view pooling,
@@ -542,27 +621,17 @@ void embedding_bag_backward_rowwise_adagrad_cuda(
     tabs.mutable_data_ptr<int64_t>()[1] = E;
     tabs = tabs.to(weight.device());
   }
-  auto keys = at::empty({N}, opts.dtype(at::kLong));
-  auto pos = at::empty({N}, opts.dtype(at::kInt));
-  auto bag_of = at::empty({N}, opts.dtype(at::kInt));
-  auto err = at::zeros({1}, opts.dtype(at::kInt));
-  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare_fused", [&] {
-    const auto idx = indices.contiguous();
-    prepare_fused_kernel<index_t><<<blocks_for(std::max(N, T * B + 1)), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        idx.const_data_ptr<index_t>(), off.const_data_ptr<int64_t>(), tabs.const_data_ptr<int64_t>(), N, T, B, E,
-        keys.mutable_data_ptr<int64_t>(), pos.mutable_data_ptr<int32_t>(), bag_of.mutable_data_ptr<int32_t>(),
-        err.mutable_data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  const int e = read_error(err);
-  if (e != 0) raise_fused_error(e, indices, offsets, tabs, N, T, B, E);
   const auto g = grad_output.stride(1) == 1 ? grad_output : grad_output.contiguous();
   at::Tensor psw;
   if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
+  auto bag_of = at::empty({N}, opts.dtype(at::kInt));
   const GradView gv{g.const_data_ptr(), g.stride(0), bag_of.const_data_ptr<int32_t>(),
                     psw.defined() ? psw.const_data_ptr<float>() : nullptr, off.const_data_ptr<int64_t>(), B,
                     shape.mean};
-  sort_and_update(weight, momentum, keys, pos, gv, g.scalar_type(), hyper);
+  if (int32_keys(E))
+    fused_with_keys<int32_t>(weight, momentum, indices, offsets, off, tabs, bag_of, gv, g.scalar_type(), hyper, N, T, B, E);
+  else
+    fused_with_keys<int64_t>(weight, momentum, indices, offsets, off, tabs, bag_of, gv, g.scalar_type(), hyper, N, T, B, E);
 }
 
 }  // namespace
