@@ -225,8 +225,8 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
 // many rows are in flight, then added strictly in position order. At a run's last occurrence in the chunk the
 // warp either updates the row (the run started in this chunk) or writes its sum to a partial slot: slot 0 for a
 // run that began in an earlier chunk, slot 1 for one that begins here and goes on past the chunk.
-template <typename K, typename W, typename G, int VEC, int NV>
-__global__ void __launch_bounds__(kWarps * 32)
+template <typename K, typename W, typename G, int VEC, int NV, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kWarps * 32, MIN_BLOCKS)
     chunk_kernel(const K* __restrict__ rows, const int32_t* __restrict__ pos, int64_t N, int64_t D, GradView gv,
                  W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h) {
   const int lane = threadIdx.x & 31;
@@ -398,9 +398,16 @@ void launch_pieces(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_chunks = (N + kChunk - 1) / kChunk;
   const auto blocks = static_cast<unsigned>((num_chunks + kWarps - 1) / kWarps);
-  chunk_kernel<K, W, G, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
-      rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
-      momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
+  // TUNING EXPERIMENT (to be removed): RECSYS_ADAGRAD_MIN_BLOCKS=3 caps registers for 3 blocks per SM.
+  static const bool min3 = std::getenv("RECSYS_ADAGRAD_MIN_BLOCKS") != nullptr;
+  if (min3)
+    chunk_kernel<K, W, G, VEC, NV, 3><<<blocks, kWarps * 32, 0, stream>>>(
+        rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
+        momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
+  else
+    chunk_kernel<K, W, G, VEC, NV, 1><<<blocks, kWarps * 32, 0, stream>>>(
+        rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
+        momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   finish_kernel<K, W, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
       rows.const_data_ptr<K>(), N, num_chunks, D, weight.mutable_data_ptr<W>(), momentum.mutable_data_ptr<float>(),
