@@ -7,7 +7,7 @@
 // and 24 codes, unit c >= 1 holds 32 codes (columns 24 + 32 (c - 1) ...). So a row costs C independent 16-byte
 // loads spread over C neighbouring lanes (one coalesced 80-byte request for D = 128), threads of unit c >= 1 read
 // the 4-byte scale/bias word of the row (same sector, an L1 hit), and each thread walks its bag 4 rows at a time
-// (4 row loads in flight while the next 4 indices load, then accumulation): with ~2k threads per SM that keeps tens of thousands
+// (indices, then 4 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
 // of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
 // bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
 // "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
@@ -83,18 +83,13 @@ __global__ void __launch_bounds__(kThreads)
   float acc[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-  // The indices of the next kUnroll rows are loaded while this step's rows are in flight, so a step waits for
-  // one memory round trip (the rows), not two (indices, then rows).
-  int64_t idx_next[kUnroll];
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) idx_next[u] = start + u < stop ? static_cast<int64_t>(indices[start + u]) : 0;
   for (int64_t p0 = start; p0 < stop; p0 += kUnroll) {
     const uint8_t* row[kUnroll];
     bool ok[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t p = p0 + u;
-      const int64_t r = idx_next[u];
+      const int64_t r = p < stop ? static_cast<int64_t>(indices[p]) : 0;
       const int64_t at = base + r * rb;
       ok[u] = p < stop && r >= 0 && r < rows && at >= 0 && at + rb <= total_bytes;
       if (p < stop && !ok[u]) bad |= kBadIndex;
@@ -108,11 +103,6 @@ __global__ void __launch_bounds__(kThreads)
         data[u] = load_nc_16(row[u] + 16 * c);
         sb[u] = c == 0 ? data[u].x : load_nc_4(row[u]);
       }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t p = p0 + kUnroll + u;
-      idx_next[u] = p < stop ? static_cast<int64_t>(indices[p]) : 0;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {

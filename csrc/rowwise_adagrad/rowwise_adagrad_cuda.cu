@@ -3,21 +3,18 @@
 //
 // Deterministic by construction — no floating-point atomics:
 // 1. prepare: one thread per occurrence p computes its row (fused: table_offsets[t] + indices[p], with p's bag
-//    found by binary search in offsets) and validates indices, offsets and table_offsets into an error word
-//    (a bad row becomes row 0, so every later step is safe on any input);
-// 2. a cub radix sort of (row, p) over only the bits a row needs (32-bit keys unless E >= 2^31) groups the
-//    occurrences by row, positions ascending inside a row (the sort is stable);
-// 3. one warp per chunk of 32 sorted occurrences: lane k reads occurrence k's row and gradient address (fused:
-//    grad_output[sample, table slice], times the per-sample weight or 1 / bag length; no (N, D) gradient exists)
-//    with one coalesced load, then the warp walks the chunk U occurrences at a time, loading their gradient rows
-//    (and the weight row and accumulator of each run that ends there) together and adding them strictly in
-//    position order. A run that starts and ends in the chunk is updated by the warp: mean of squares (warp
-//    reduction, lane 0's value broadcast so every lane agrees), momentum, row update;
+//    found by binary search in offsets) and validates indices, offsets and table_offsets into an error word;
+// 2. a cub radix sort of (row, p) over only the bits a row needs groups the occurrences by row, positions
+//    ascending inside a row (the sort is stable); one host sync reads the error word before anything is written;
+// 3. the sorted occurrences are cut into chunks of 32; a *piece* is a row's run inside one chunk. One warp per
+//    piece: each lane fetches one occurrence's position (and bag, scale) with a coalesced load, then the warp
+//    walks them in order, summing gradient rows with vector loads (fused: grad_output[sample, table slice],
+//    times the per-sample weight or 1 / bag length; no (N, D) gradient exists). A run that fits its chunk is
+//    finished by the same warp: mean of squares (warp reduction, lane 0's value broadcast so every lane agrees),
+//    momentum, row update;
 // 4. a run that crosses chunks left one partial sum per chunk (slot 1 where it starts, slot 0 in later chunks);
 //    one warp per starting chunk adds them in chunk order and updates the row. A hot row is therefore summed by
 //    many warps in parallel, yet always in the same order.
-// The update kernels return at once when the error word is set, so they are queued before the host reads it
-// (the one sync): bad input writes nothing, and the GPU does not idle while the host looks.
 // Each lane holds NV vectors of VEC elements of the row (16-byte loads for fp32 when D % 4 == 0), D <= 1024.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/cub.h>
@@ -79,6 +76,24 @@ struct alignas(sizeof(T) * VEC) Pack {
 template <typename T, int VEC>
 __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
   const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) out[k] = to_f(pk.v[k]);
+}
+
+// A gradient row is read exactly once: an evict-first load keeps it from pushing weight rows out of L2 between
+// their read and their write.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec_once(const T* p, float (&out)[VEC]) {
+  Pack<T, VEC> pk;
+  if constexpr (sizeof(pk) == 16) {
+    *reinterpret_cast<uint4*>(&pk) = __ldcs(reinterpret_cast<const uint4*>(p));
+  } else if constexpr (sizeof(pk) == 8) {
+    *reinterpret_cast<uint2*>(&pk) = __ldcs(reinterpret_cast<const uint2*>(p));
+  } else if constexpr (sizeof(pk) == 4) {
+    *reinterpret_cast<unsigned*>(&pk) = __ldcs(reinterpret_cast<const unsigned*>(p));
+  } else {
+    pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
+  }
 #pragma unroll
   for (int k = 0; k < VEC; ++k) out[k] = to_f(pk.v[k]);
 }
@@ -228,12 +243,10 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
 // many rows are in flight, then added strictly in position order. At a run's last occurrence in the chunk the
 // warp either updates the row (the run started in this chunk) or writes its sum to a partial slot: slot 0 for a
 // run that began in an earlier chunk, slot 1 for one that begins here and goes on past the chunk.
-template <typename K, typename W, typename G, int VEC, int NV>
+template <typename K, typename W, typename G, int VEC, int NV, bool STREAM>
 __global__ void __launch_bounds__(kWarps * 32)
     chunk_kernel(const K* __restrict__ rows, const int32_t* __restrict__ pos, int64_t N, int64_t D, GradView gv,
-                 W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h,
-                 const int* __restrict__ err) {
-  if (*err != 0) return;  // bad input: nothing is written
+                 W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h) {
   const int lane = threadIdx.x & 31;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t first = c * kChunk;
@@ -294,7 +307,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int v = 0; v < NV; ++v) {
         const int64_t d = col<VEC>(v, lane);
         if (k < count && d < D) {
-          load_vec<G, VEC>(grad + off + d, x[u][v]);
+          if constexpr (STREAM) load_vec_once<G, VEC>(grad + off + d, x[u][v]);
+          else load_vec<G, VEC>(grad + off + d, x[u][v]);
         } else {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) x[u][v][e] = 0.f;
@@ -342,9 +356,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <typename K, typename W, int VEC, int NV>
 __global__ void __launch_bounds__(kWarps * 32)
     finish_kernel(const K* __restrict__ rows, int64_t N, int64_t num_chunks, int64_t D, W* __restrict__ weight,
-                  float* __restrict__ momentum, const float* __restrict__ partial, DeviceHyper h,
-                  const int* __restrict__ err) {
-  if (*err != 0) return;  // bad input: nothing is written
+                  float* __restrict__ momentum, const float* __restrict__ partial, DeviceHyper h) {
   const int lane = threadIdx.x & 31;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (c >= num_chunks) return;
@@ -401,42 +413,46 @@ bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(
 
 template <typename K, typename W, typename G, int VEC, int NV>
 void launch_pieces(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int64_t D, const GradView& gv,
-                   at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h,
-                   const int* err) {
+                   at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h) {
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_chunks = (N + kChunk - 1) / kChunk;
   const auto blocks = static_cast<unsigned>((num_chunks + kWarps - 1) / kWarps);
-  chunk_kernel<K, W, G, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
-      rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
-      momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h, err);
+  // TUNING EXPERIMENT (to be removed): RECSYS_ADAGRAD_STREAM=1 reads gradient rows with evict-first loads.
+  static const bool stream_grad = std::getenv("RECSYS_ADAGRAD_STREAM") != nullptr;
+  if (stream_grad)
+    chunk_kernel<K, W, G, VEC, NV, true><<<blocks, kWarps * 32, 0, stream>>>(
+        rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
+        momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
+  else
+    chunk_kernel<K, W, G, VEC, NV, false><<<blocks, kWarps * 32, 0, stream>>>(
+        rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
+        momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   finish_kernel<K, W, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
       rows.const_data_ptr<K>(), N, num_chunks, D, weight.mutable_data_ptr<W>(), momentum.mutable_data_ptr<float>(),
-      partial.const_data_ptr<float>(), h, err);
+      partial.const_data_ptr<float>(), h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename K, typename W, typename G>
 void launch_typed(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int64_t D, const GradView& gv,
-                  at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h,
-                  const int* err) {
+                  at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h) {
   const bool vec4 = D % 4 == 0 && gv.ld % 4 == 0 && aligned(weight.const_data_ptr(), 4 * sizeof(W)) &&
                     aligned(gv.grad, 4 * sizeof(G));
   if (vec4) {
-    if (D <= 128) launch_pieces<K, W, G, 4, 1>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
-    else if (D <= 256) launch_pieces<K, W, G, 4, 2>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
-    else if (D <= 512) launch_pieces<K, W, G, 4, 4>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
-    else launch_pieces<K, W, G, 4, 8>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    if (D <= 128) launch_pieces<K, W, G, 4, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else if (D <= 256) launch_pieces<K, W, G, 4, 2>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else if (D <= 512) launch_pieces<K, W, G, 4, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else launch_pieces<K, W, G, 4, 8>(rows, pos, N, D, gv, weight, momentum, partial, h);
   } else {
-    if (D <= 32) launch_pieces<K, W, G, 1, 1>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
-    else if (D <= 128) launch_pieces<K, W, G, 1, 4>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
-    else launch_pieces<K, W, G, 1, 32>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    if (D <= 32) launch_pieces<K, W, G, 1, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else if (D <= 128) launch_pieces<K, W, G, 1, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    else launch_pieces<K, W, G, 1, 32>(rows, pos, N, D, gv, weight, momentum, partial, h);
   }
 }
 
-// The error word of the prepare kernel: the one host sync, after everything is queued. The prepare kernel clamps
-// bad rows to 0 (the sort is safe on any input) and the update kernels return at once when the word is set, so
-// bad input writes nothing, and the GPU never idles while the host reads the word.
+// The error word of the prepare kernel: the one host sync. It is read after the sort has been queued (the
+// prepare kernel clamps bad rows to 0, so the sort is safe on any input) and before anything is written.
 int read_error(const at::Tensor& err) { return err.item<int>(); }
 
 // Rows fit 32-bit sort keys unless a table has 2^31 rows or more: half the key bytes for the sort to move.
@@ -464,9 +480,7 @@ std::pair<at::Tensor, at::Tensor> sort_by_row(const at::Tensor& keys, const at::
 // Sums each row's gradient occurrences (sorted by row) and updates the row.
 template <typename K>
 void update_sorted(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& rows_sorted, const at::Tensor& pos_sorted,
-                   const GradView& gv, at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper,
-                   const at::Tensor& err) {
-  const int* err_word = err.const_data_ptr<int>();
+                   const GradView& gv, at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper) {
   const int64_t N = rows_sorted.numel();
   if (N == 0) return;
   const int64_t D = weight.size(1);
@@ -478,9 +492,9 @@ void update_sorted(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& r
       TORCH_CHECK(false, "weight: the CUDA rowwise_adagrad kernel takes float32, float16 or bfloat16, got float64");
     } else {
       if (grad_dtype == weight.scalar_type())
-        launch_typed<K, scalar_t, scalar_t>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h, err_word);
+        launch_typed<K, scalar_t, scalar_t>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
       else
-        launch_typed<K, scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h, err_word);
+        launch_typed<K, scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
     }
   });
 }
@@ -531,8 +545,8 @@ void update_with_keys(at::Tensor& weight, at::Tensor& momentum, const at::Tensor
     });
   }
   const auto [rows_sorted, pos_sorted] = sort_by_row<K>(keys, pos, E);
-  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper, err);
   if (read_error(err) != 0) raise_update_error(indices, E);
+  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper);
 }
 
 void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices,
@@ -604,9 +618,9 @@ void fused_with_keys(at::Tensor& weight, at::Tensor& momentum, const at::Tensor&
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const auto [rows_sorted, pos_sorted] = sort_by_row<K>(keys, pos, E);
-  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper, err);
   const int e = read_error(err);
   if (e != 0) raise_fused_error(e, indices, offsets, tabs, N, T, B, E);
+  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper);
 }
 
 void embedding_bag_backward_rowwise_adagrad_cuda(

@@ -7,8 +7,8 @@ semantics in recsys_kernels/reference/rowwise_adagrad.py). Deterministic, no flo
 1. a prepare kernel gives every occurrence p its row as a 32-bit sort key (fused: ``table_offsets[t] +
    indices[p]``, p's bag found by binary search in offsets) and validates indices, offsets and table_offsets
    into an error word (bad rows become row 0, so everything after it is safe on any input); a stable
-   ``torch.sort`` groups occurrences by row, positions ascending inside a row. The update kernels write
-   nothing when the word is set, so the host reads it once, after everything is queued (not while tracing);
+   ``torch.sort`` groups occurrences by row, positions ascending inside a row; the host reads the error word
+   once, after the sort is queued and before anything is written (not while tracing);
 2. one program per chunk of CH sorted occurrences loads all their gradient rows as one (CH, BLOCK_D) tile
    (fused: straight from grad_output[sample, table slice], times the per-sample weight or 1 / bag length — no
    (N, D) gradient) and sums each row's run with a segmented scan down the tile. Every run that ends in the
@@ -107,75 +107,73 @@ def _segment_add(a, a_starts, b, b_starts):
 
 
 @triton.jit(do_not_specialize=["sr_key"])
-def _chunk_kernel(err_ptr, rows_ptr, perm_ptr, grad_ptr, bag_ptr, psw_ptr, off_ptr, weight_ptr, momentum_ptr,
-                  partial_ptr, N, D, ld, B, lr, eps, wd, sr_key,
+def _chunk_kernel(rows_ptr, perm_ptr, grad_ptr, bag_ptr, psw_ptr, off_ptr, weight_ptr, momentum_ptr, partial_ptr,
+                  N, D, ld, B, lr, eps, wd, sr_key,
                   FUSED: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr, MODE: tl.constexpr,
                   SR_DROP: tl.constexpr, CH: tl.constexpr, BLOCK_D: tl.constexpr):
-    if tl.load(err_ptr) == 0:  # bad input: nothing is written
-        c = tl.program_id(0).to(tl.int64)
-        k = tl.arange(0, CH)
-        j = c * CH + k
-        valid = j < N
-        r = tl.load(rows_ptr + j, mask=valid, other=-1).to(tl.int64)  # sorted as int32; r * D needs 64 bits
-        prev = tl.load(rows_ptr + j - 1, mask=valid & (j > 0), other=-1).to(tl.int64)
-        nxt = tl.load(rows_ptr + j + 1, mask=(j + 1) < N, other=-1).to(tl.int64)
-        starts = valid & (r != prev)
-        run_ends = valid & (r != nxt)
-        piece_ends = run_ends | (valid & ((k == CH - 1) | (j == N - 1)))
-        started_here = tl.cumsum(starts.to(tl.int32), 0) > 0  # the run through k began inside this chunk
-        updates = run_ends & started_here
+    c = tl.program_id(0).to(tl.int64)
+    k = tl.arange(0, CH)
+    j = c * CH + k
+    valid = j < N
+    r = tl.load(rows_ptr + j, mask=valid, other=-1).to(tl.int64)  # sorted as int32; r * D needs 64 bits
+    prev = tl.load(rows_ptr + j - 1, mask=valid & (j > 0), other=-1).to(tl.int64)
+    nxt = tl.load(rows_ptr + j + 1, mask=(j + 1) < N, other=-1).to(tl.int64)
+    starts = valid & (r != prev)
+    run_ends = valid & (r != nxt)
+    piece_ends = run_ends | (valid & ((k == CH - 1) | (j == N - 1)))
+    started_here = tl.cumsum(starts.to(tl.int32), 0) > 0  # the run through k began inside this chunk
+    updates = run_ends & started_here
 
-        p = tl.load(perm_ptr + j, mask=valid, other=0)
-        if FUSED:
-            bag = tl.load(bag_ptr + p, mask=valid, other=0)
-            t = bag // B
-            row_off = (bag - t * B) * ld + t * D
-        else:
-            row_off = p * ld
-        d = tl.arange(0, BLOCK_D)
-        dmask = d < D
-        x = tl.load(grad_ptr + row_off[:, None] + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
-        x = x.to(tl.float32)
-        if HAS_PSW:
-            x = x * tl.load(psw_ptr + p, mask=valid, other=0.0)[:, None]
-        if MEAN:
-            n = tl.load(off_ptr + bag + 1, mask=valid, other=1) - tl.load(off_ptr + bag, mask=valid, other=0)
-            x = x * (1.0 / n.to(tl.float32))[:, None]
-        # Running sum of each piece (a run's part in this chunk) down the tile; read at the piece's last row.
-        seg = tl.broadcast_to((starts | (k == 0)).to(tl.int32)[:, None], (CH, BLOCK_D))
-        sums, _ = tl.associative_scan((x, seg), 0, _segment_add)
+    p = tl.load(perm_ptr + j, mask=valid, other=0)
+    if FUSED:
+        bag = tl.load(bag_ptr + p, mask=valid, other=0)
+        t = bag // B
+        row_off = (bag - t * B) * ld + t * D
+    else:
+        row_off = p * ld
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    x = tl.load(grad_ptr + row_off[:, None] + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
+    x = x.to(tl.float32)
+    if HAS_PSW:
+        x = x * tl.load(psw_ptr + p, mask=valid, other=0.0)[:, None]
+    if MEAN:
+        n = tl.load(off_ptr + bag + 1, mask=valid, other=1) - tl.load(off_ptr + bag, mask=valid, other=0)
+        x = x * (1.0 / n.to(tl.float32))[:, None]
+    # Running sum of each piece (a run's part in this chunk) down the tile; read at the piece's last row.
+    seg = tl.broadcast_to((starts | (k == 0)).to(tl.int32)[:, None], (CH, BLOCK_D))
+    sums, _ = tl.associative_scan((x, seg), 0, _segment_add)
 
-        _update_rows(weight_ptr, momentum_ptr, r, updates, sums, d, dmask, D, lr, eps, wd, sr_key, MODE, SR_DROP)
-        to_partial = piece_ends & (updates == 0)
-        slot = c * 2 + started_here.to(tl.int64)  # slot 1: the run starts here and goes on; slot 0: a continuation
-        tl.store(partial_ptr + slot[:, None] * D + d[None, :], sums, mask=to_partial[:, None] & dmask[None, :])
+    _update_rows(weight_ptr, momentum_ptr, r, updates, sums, d, dmask, D, lr, eps, wd, sr_key, MODE, SR_DROP)
+    to_partial = piece_ends & (updates == 0)
+    slot = c * 2 + started_here.to(tl.int64)  # slot 1: the run starts here and goes on; slot 0: a continuation
+    tl.store(partial_ptr + slot[:, None] * D + d[None, :], sums, mask=to_partial[:, None] & dmask[None, :])
 
 
 @triton.jit(do_not_specialize=["sr_key"])
-def _finish_kernel(err_ptr, rows_ptr, weight_ptr, momentum_ptr, partial_ptr, N, D, lr, eps, wd, sr_key,
+def _finish_kernel(rows_ptr, weight_ptr, momentum_ptr, partial_ptr, N, D, lr, eps, wd, sr_key,
                    MODE: tl.constexpr, SR_DROP: tl.constexpr, CH: tl.constexpr, BLOCK_D: tl.constexpr):
-    if tl.load(err_ptr) == 0:  # bad input: nothing is written
-        c = tl.program_id(0).to(tl.int64)
-        first = c * CH
-        last = tl.minimum(first + CH, N) - 1
-        r = tl.load(rows_ptr + last).to(tl.int64)
-        after = tl.load(rows_ptr + last + 1, mask=last + 1 < N, other=-1)
-        before = tl.load(rows_ptr + first - 1, mask=first > 0, other=-1)
-        # The run at the end of chunk c goes on past it and started inside it: this program finishes it.
-        if (after == r) & (before != r):
-            d = tl.arange(0, BLOCK_D)
-            dmask = d < D
-            g = tl.load(partial_ptr + (c * 2 + 1) * D + d, mask=dmask, other=0.0)
-            nc = c + 1
-            more = r == r
-            while more:
-                g = g + tl.load(partial_ptr + (nc * 2) * D + d, mask=dmask, other=0.0)
-                nxt = (nc + 1) * CH
-                more = (nxt < N) & (tl.load(rows_ptr + nxt, mask=nxt < N, other=-1) == r)
-                nc += 1
-            one = tl.arange(0, 1)
-            _update_rows(weight_ptr, momentum_ptr, r + one, one == 0, g[None, :], d, dmask, D, lr, eps, wd, sr_key,
-                         MODE, SR_DROP)
+    c = tl.program_id(0).to(tl.int64)
+    first = c * CH
+    last = tl.minimum(first + CH, N) - 1
+    r = tl.load(rows_ptr + last).to(tl.int64)
+    after = tl.load(rows_ptr + last + 1, mask=last + 1 < N, other=-1)
+    before = tl.load(rows_ptr + first - 1, mask=first > 0, other=-1)
+    # The run at the end of chunk c goes on past it and started inside it: this program finishes it.
+    if (after == r) & (before != r):
+        d = tl.arange(0, BLOCK_D)
+        dmask = d < D
+        g = tl.load(partial_ptr + (c * 2 + 1) * D + d, mask=dmask, other=0.0)
+        nc = c + 1
+        more = r == r
+        while more:
+            g = g + tl.load(partial_ptr + (nc * 2) * D + d, mask=dmask, other=0.0)
+            nxt = (nc + 1) * CH
+            more = (nxt < N) & (tl.load(rows_ptr + nxt, mask=nxt < N, other=-1) == r)
+            nc += 1
+        one = tl.arange(0, 1)
+        _update_rows(weight_ptr, momentum_ptr, r + one, one == 0, g[None, :], d, dmask, D, lr, eps, wd, sr_key,
+                     MODE, SR_DROP)
 
 
 # Bits of the error word (Triton reads globals only as constexpr).
@@ -308,6 +306,14 @@ def _run_kernels(weight: torch.Tensor, momentum: torch.Tensor, indices: torch.Te
         bag = keys  # never read
         wrap_triton(_prepare_update_kernel)[grid](indices, keys, err, N, E, BLOCK=_PREPARE_BLOCK)
     sorted_rows, perm = torch.sort(keys, stable=True)
+    # The one sync: after the sort is queued (it is safe on any keys), before anything is written.
+    if not ref.is_traced(weight) and int(err.item()) != 0:
+        # The detailed message (which index, which bag) comes from the host-side checks.
+        if fused:
+            ref.check_fused_values(weight, indices, offsets, table_offsets, T, B)
+        else:
+            ref.check_update_values(weight, indices)
+        raise ValueError("rowwise_adagrad: invalid indices, offsets or table_offsets")
     num_chunks = triton.cdiv(N, _CH)
     partial = torch.empty((num_chunks * 2, D), dtype=torch.float32, device=dev)
     block_d = triton.next_power_of_2(D)
@@ -317,24 +323,16 @@ def _run_kernels(weight: torch.Tensor, momentum: torch.Tensor, indices: torch.Te
     key = ref.sr_key(seed) if sr_drop else 0
     dummy = keys  # never read when the matching constexpr flag is off
     wrap_triton(_chunk_kernel)[(num_chunks,)](
-        err, sorted_rows, perm, grad, bag, psw if psw is not None else dummy, offsets if fused else dummy, weight,
+        sorted_rows, perm, grad, bag, psw if psw is not None else dummy, offsets if fused else dummy, weight,
         momentum, partial, N, D, grad.stride(0), max(B, 1), lr, eps, weight_decay, key,
         FUSED=fused, HAS_PSW=psw is not None, MEAN=mean, MODE=_MODES[weight_decay_mode], SR_DROP=sr_drop,
         CH=_CH, BLOCK_D=block_d, num_warps=max(1, min(8, _CH * block_d // 1024)),
     )
     wrap_triton(_finish_kernel)[(num_chunks,)](
-        err, sorted_rows, weight, momentum, partial, N, D, lr, eps, weight_decay, key,
+        sorted_rows, weight, momentum, partial, N, D, lr, eps, weight_decay, key,
         MODE=_MODES[weight_decay_mode], SR_DROP=sr_drop, CH=_CH, BLOCK_D=block_d,
         num_warps=max(1, min(8, block_d // 128)),
     )
-    # The one sync, after everything is queued: the update kernels wrote nothing if the word is set.
-    if not ref.is_traced(weight) and int(err.item()) != 0:
-        # The detailed message (which index, which bag) comes from the host-side checks.
-        if fused:
-            ref.check_fused_values(weight, indices, offsets, table_offsets, T, B)
-        else:
-            ref.check_update_values(weight, indices)
-        raise ValueError("rowwise_adagrad: invalid indices, offsets or table_offsets")
 
 
 @triton_op("recsys::rowwise_adagrad_update_triton_", mutates_args={"weight", "momentum"})
