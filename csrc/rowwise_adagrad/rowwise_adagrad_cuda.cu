@@ -80,24 +80,6 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
   for (int k = 0; k < VEC; ++k) out[k] = to_f(pk.v[k]);
 }
 
-// A gradient row is read exactly once: an evict-first load keeps it from pushing weight rows out of L2 between
-// their read and their write.
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec_once(const T* p, float (&out)[VEC]) {
-  Pack<T, VEC> pk;
-  if constexpr (sizeof(pk) == 16) {
-    *reinterpret_cast<uint4*>(&pk) = __ldcs(reinterpret_cast<const uint4*>(p));
-  } else if constexpr (sizeof(pk) == 8) {
-    *reinterpret_cast<uint2*>(&pk) = __ldcs(reinterpret_cast<const uint2*>(p));
-  } else if constexpr (sizeof(pk) == 4) {
-    *reinterpret_cast<unsigned*>(&pk) = __ldcs(reinterpret_cast<const unsigned*>(p));
-  } else {
-    pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
-  }
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) out[k] = to_f(pk.v[k]);
-}
-
 template <typename W>
 __device__ __forceinline__ W round_to(float v, uint32_t row_key, int64_t d, bool stochastic) {
   if constexpr (std::is_same_v<W, float>) {
@@ -243,7 +225,7 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
 // many rows are in flight, then added strictly in position order. At a run's last occurrence in the chunk the
 // warp either updates the row (the run started in this chunk) or writes its sum to a partial slot: slot 0 for a
 // run that began in an earlier chunk, slot 1 for one that begins here and goes on past the chunk.
-template <typename K, typename W, typename G, int VEC, int NV, bool STREAM>
+template <typename K, typename W, typename G, int VEC, int NV>
 __global__ void __launch_bounds__(kWarps * 32)
     chunk_kernel(const K* __restrict__ rows, const int32_t* __restrict__ pos, int64_t N, int64_t D, GradView gv,
                  W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h) {
@@ -307,8 +289,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int v = 0; v < NV; ++v) {
         const int64_t d = col<VEC>(v, lane);
         if (k < count && d < D) {
-          if constexpr (STREAM) load_vec_once<G, VEC>(grad + off + d, x[u][v]);
-          else load_vec<G, VEC>(grad + off + d, x[u][v]);
+          load_vec<G, VEC>(grad + off + d, x[u][v]);
         } else {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) x[u][v][e] = 0.f;
@@ -417,16 +398,9 @@ void launch_pieces(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_chunks = (N + kChunk - 1) / kChunk;
   const auto blocks = static_cast<unsigned>((num_chunks + kWarps - 1) / kWarps);
-  // TUNING EXPERIMENT (to be removed): RECSYS_ADAGRAD_STREAM=1 reads gradient rows with evict-first loads.
-  static const bool stream_grad = std::getenv("RECSYS_ADAGRAD_STREAM") != nullptr;
-  if (stream_grad)
-    chunk_kernel<K, W, G, VEC, NV, true><<<blocks, kWarps * 32, 0, stream>>>(
-        rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
-        momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
-  else
-    chunk_kernel<K, W, G, VEC, NV, false><<<blocks, kWarps * 32, 0, stream>>>(
-        rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
-        momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
+  chunk_kernel<K, W, G, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
+      rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
+      momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   finish_kernel<K, W, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
       rows.const_data_ptr<K>(), N, num_chunks, D, weight.mutable_data_ptr<W>(), momentum.mutable_data_ptr<float>(),
