@@ -137,6 +137,9 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
     ctx = ctx or DistContext()
     for p in model.parameters():
         p.requires_grad_(False)
+    if stage.total_steps(ctx.world) == 0:  # max_steps=0 skips the stage (its parameters were trained elsewhere)
+        model.eval()
+        return StageResult(stage.name, 0, 0.0)
     params = [p for p in stage.trainable(model)]
     if not params:
         raise ValueError(f"stage {stage.name!r} has no trainable parameters")

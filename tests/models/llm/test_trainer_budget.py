@@ -50,3 +50,10 @@ def test_steps_follow_epochs_and_max_steps():
 def test_time_budget_shrinks_the_plan():
     result = run_stage(_Slow(pause=0.02), _stage(epochs=100.0), torch.device("cpu"), time_budget_s=0.5)
     assert 8 <= result.steps < 100 and result.seconds < 1.5
+
+
+def test_max_steps_zero_skips_the_stage():
+    model = _Slow()
+    result = run_stage(model, _stage(max_steps=0), torch.device("cpu"), time_budget_s=1.0)
+    assert result.steps == 0 and not result.losses and torch.equal(model.w, torch.zeros(3))
+    assert not model.w.requires_grad and not model.training
