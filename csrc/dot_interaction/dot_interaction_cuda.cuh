@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common/mma_sync.cuh"
+#include "common/ptx.cuh"
 #include "dot_interaction/dot_interaction.h"
 
 namespace recsys {

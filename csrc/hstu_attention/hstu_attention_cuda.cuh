@@ -1,6 +1,6 @@
 // Device building blocks of the CUDA HSTU attention (hstu_attention_cuda.cu holds the kernels, the launch
-// logic and the algorithm note): numbers, cp.async / ldmatrix / mma.sync wrappers (sm_80+ PTX, also used on
-// sm_90a), the int32 mask with its block-level bounds, the time bucket, tile loaders, the warp-level tile
+// logic and the algorithm note; the PTX wrappers are in common/ptx.cuh): numbers, the int32 mask with its
+// block-level bounds, the time bucket, tile loaders, the warp-level tile
 // products and the pointwise part. Every tile product leaves its result in the mma.sync m16n8 accumulator
 // layout, so the fp32/fp64 FMA path runs the very same kernels as the fp16/bf16 tensor-core path.
 #pragma once
@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common/mma_sync.cuh"
+#include "common/ptx.cuh"
 #include "hstu_attention/hstu_attention.h"
 
 namespace recsys {
@@ -50,27 +50,6 @@ using acc_t = typename Num<T>::acc;
 template <typename T>
 constexpr bool kTensorCores = sizeof(T) == 2;
 
-
-// ---------------------------------------------------------------- PTX
-// Asynchronous global -> shared copy of BYTES (16: bypasses L1); with valid == false it writes zeros and reads
-// nothing (src must still be a mapped address: callers pass the tensor's base).
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
-  if constexpr (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES),
-                 "r"(valid ? BYTES : 0)
-                 : "memory");
-  }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // ---------------------------------------------------------------- mask
 // HstuMask in int32 for one sequence. The host clamps c to max_seq_len + 1 and w to max_seq_len, which keeps

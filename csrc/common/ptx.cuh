@@ -1,5 +1,6 @@
-// PTX wrappers shared by the tensor-core kernels (dot_interaction, hstu_attention): shared-memory addresses,
-// ldmatrix, mma.sync m16n8k16 with fp32 accumulators, and packing two floats into one fp16/bf16 pair.
+// PTX wrappers shared by the CUDA kernels (sm_80+ instructions, also used on sm_90a): shared-memory addresses,
+// asynchronous global -> shared copies, ldmatrix, mma.sync m16n8k16 with fp32 accumulators, and packing two
+// floats into one fp16/bf16 pair.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -55,6 +56,26 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+}
+
+// Asynchronous global -> shared copy of BYTES (16: bypasses L1); with valid == false it writes zeros and reads
+// nothing (src must still be a mapped address: callers pass the tensor's base).
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES),
+                 "r"(valid ? BYTES : 0)
+                 : "memory");
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 }  // namespace recsys
