@@ -10,7 +10,8 @@
 // (indices, then 4 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
 // of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
 // bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
-// "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
+// "mean", converted once and stored 16 bytes at a time. (Pending measurement: pool_staged, the same walk with
+// the rows copied through shared memory by cp.async so that 8-16 rows per thread are in flight.) Blocks belong to one table (block_start), so tables of
 // different D and row counts share the launch (TBE batching) and the table's geometry is computed once a block.
 //
 // bounds_check="error": threads flag bad indices / offsets / table_offsets in a device word that the host reads
@@ -21,6 +22,10 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <tuple>
+
+#include "common/ptx.cuh"
 #include "int4_embedding_bag/int4_embedding_bag_cuda.cuh"
 
 namespace recsys {
@@ -28,6 +33,16 @@ namespace int4_cuda {
 namespace {
 
 constexpr int kUnroll = 4;  // rows in flight per thread
+
+// EXPERIMENT, to be measured on the H100 and then either made the only path or removed: the shared-memory
+// staged lookup (pool_staged) runs when RECSYS_KERNELS_INT4_STAGED=1.
+bool staged_lookup() {
+  static const bool on = [] {
+    const char* v = std::getenv("RECSYS_KERNELS_INT4_STAGED");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
 
 // Table t of the block: the largest t with block_start[t] <= blockIdx.x.
 __device__ __forceinline__ int block_table(const TableParams& tp) {
@@ -40,7 +55,123 @@ __device__ __forceinline__ int block_table(const TableParams& tp) {
   return lo;
 }
 
-template <typename index_t, typename offset_t, typename out_t>
+// Where this thread's 16-byte unit c of table row r lies: packed + base + r * rb + 16 c, if r is valid.
+struct RowSource {
+  const uint8_t* packed;
+  int64_t total_bytes, base, rows;
+  int rb, c;
+  __device__ __forceinline__ bool locate(int64_t r, const uint8_t*& row) const {
+    const int64_t at = base + r * rb;
+    const bool ok = r >= 0 && r < rows && at >= 0 && at + rb <= total_bytes;
+    row = packed + (ok ? at : 0);
+    return ok;
+  }
+};
+
+// acc[j] (column j of this thread's run) += one row's dequantized unit: data = the unit's 16 bytes, sb = the
+// row's fp16 scale and bias. The one accumulation both lookups (and the QAT kernel) use.
+__device__ __forceinline__ void add_unit(float (&acc)[32], const uint4& data, uint32_t sb, int c, float w,
+                                         bool weighted) {
+  const __half2 qp = *reinterpret_cast<const __half2*>(&sb);
+  const float scale = __low2float(qp), bias = __high2float(qp);
+  // Unit 0's codes start after the 4 qparam bytes: shift its words so that acc[j] is always column j of
+  // this thread's run (compile-time register indices).
+  const uint32_t words[4] = {c == 0 ? data.y : data.x, c == 0 ? data.z : data.y, c == 0 ? data.w : data.z,
+                             c == 0 ? 0u : data.w};
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const float v = fmaf(static_cast<float>((words[wi] >> (4 * n)) & 15u), scale, bias);
+      acc[wi * 8 + n] = pool_add(acc[wi * 8 + n], w, v, weighted);
+    }
+  }
+}
+
+// Rows [start, stop) of the bag, kUnroll at a time straight into registers.
+template <typename index_t>
+__device__ __forceinline__ void pool_direct(const RowSource& src, const index_t* __restrict__ indices,
+                                            const float* __restrict__ psw, int64_t start, int64_t stop,
+                                            float (&acc)[32], int& bad) {
+  const bool weighted = psw != nullptr;
+  for (int64_t p0 = start; p0 < stop; p0 += kUnroll) {
+    const uint8_t* row[kUnroll];
+    bool ok[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t p = p0 + u;
+      ok[u] = p < stop && src.locate(static_cast<int64_t>(indices[p]), row[u]);
+      if (p < stop && !ok[u]) bad |= kBadIndex;
+    }
+    uint4 data[kUnroll];
+    uint32_t sb[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (ok[u]) {
+        data[u] = load_nc_16(row[u] + 16 * src.c);
+        sb[u] = src.c == 0 ? data[u].x : load_nc_4(row[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (ok[u]) add_unit(acc, data[u], sb[u], src.c, weighted ? psw[p0 + u] : 1.f, weighted);
+  }
+}
+
+// Rows [start, stop) of the bag through shared memory: kStage rows at a time are copied with cp.async into this
+// thread's own slots (no registers held while they are in flight), two stages deep, so up to 2 kStage rows per
+// thread are in flight instead of kUnroll. Each thread reads only the slots it filled itself, so no barrier is
+// needed; the rows are added in the same order with the same expressions as pool_direct.
+constexpr int kStage = 8;
+constexpr int kStagedSmem = 2 * kStage * kThreads * (16 + 4);  // bytes: the units, then the scale/bias words
+
+template <typename index_t>
+__device__ __forceinline__ void pool_staged(const RowSource& src, const index_t* __restrict__ indices,
+                                            const float* __restrict__ psw, int64_t start, int64_t stop,
+                                            float (&acc)[32], int& bad) {
+  extern __shared__ uint4 staged_units[];  // [2][kStage][kThreads]
+  uint32_t* staged_sb = reinterpret_cast<uint32_t*>(staged_units + 2 * kStage * kThreads);
+  const bool weighted = psw != nullptr;
+  const int tid = threadIdx.x;
+  // Copies rows [p0, p0 + kStage) into buffer buf; returns the bit mask of the valid ones.
+  const auto issue = [&](int buf, int64_t p0) {
+    uint32_t ok_mask = 0;
+#pragma unroll
+    for (int u = 0; u < kStage; ++u) {
+      const int64_t p = p0 + u;
+      const uint8_t* row;
+      const bool ok = p < stop && src.locate(static_cast<int64_t>(indices[p]), row);
+      if (p < stop && !ok) bad |= kBadIndex;
+      if (ok) {
+        const int slot = (buf * kStage + u) * kThreads + tid;
+        cp_async<16>(staged_units + slot, row + 16 * src.c, true);
+        if (src.c != 0) cp_async<4>(staged_sb + slot, row, true);
+        ok_mask |= 1u << u;
+      }
+    }
+    cp_async_commit();
+    return ok_mask;
+  };
+  uint32_t ok_now = issue(0, start);
+  int buf = 0;
+  for (int64_t p0 = start; p0 < stop; p0 += kStage) {
+    const uint32_t ok_next = issue(buf ^ 1, p0 + kStage);  // an empty group past the bag's end
+    cp_async_wait<1>();                                      // this stage's copies have landed
+#pragma unroll
+    for (int u = 0; u < kStage; ++u) {
+      if (ok_now & (1u << u)) {
+        const int slot = (buf * kStage + u) * kThreads + tid;
+        const uint4 data = staged_units[slot];
+        add_unit(acc, data, src.c == 0 ? data.x : staged_sb[slot], src.c, weighted ? psw[p0 + u] : 1.f, weighted);
+      }
+    }
+    ok_now = ok_next;
+    buf ^= 1;
+  }
+  cp_async_wait<0>();
+}
+
+template <typename index_t, typename offset_t, typename out_t, bool STAGED>
 __global__ void __launch_bounds__(kThreads)
     int4_bag_kernel(const uint8_t* __restrict__ packed, int64_t total_bytes, const index_t* __restrict__ indices,
                     const offset_t* __restrict__ offsets, const int64_t* __restrict__ table_offsets,
@@ -79,50 +210,14 @@ __global__ void __launch_bounds__(kThreads)
   int bad = 0;
   if (bag_range(offsets, k, static_cast<int64_t>(tp.T) * B, N, start, stop)) bad |= kBadOffsets;
   if (s_broken && b == 0) bad |= kBadTableOffsets;
-  const bool weighted = psw != nullptr;
   float acc[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-  for (int64_t p0 = start; p0 < stop; p0 += kUnroll) {
-    const uint8_t* row[kUnroll];
-    bool ok[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t p = p0 + u;
-      const int64_t r = p < stop ? static_cast<int64_t>(indices[p]) : 0;
-      const int64_t at = base + r * rb;
-      ok[u] = p < stop && r >= 0 && r < rows && at >= 0 && at + rb <= total_bytes;
-      if (p < stop && !ok[u]) bad |= kBadIndex;
-      row[u] = packed + (ok[u] ? at : 0);
-    }
-    uint4 data[kUnroll];
-    uint32_t sb[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (ok[u]) {
-        data[u] = load_nc_16(row[u] + 16 * c);
-        sb[u] = c == 0 ? data[u].x : load_nc_4(row[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (!ok[u]) continue;
-      const float w = weighted ? psw[p0 + u] : 1.f;
-      const __half2 qp = *reinterpret_cast<const __half2*>(&sb[u]);
-      const float scale = __low2float(qp), bias = __high2float(qp);
-      // Unit 0's codes start after the 4 qparam bytes: shift its words so that acc[j] is always column j of
-      // this thread's run (compile-time register indices).
-      const uint32_t words[4] = {c == 0 ? data[u].y : data[u].x, c == 0 ? data[u].z : data[u].y,
-                                 c == 0 ? data[u].w : data[u].z, c == 0 ? 0u : data[u].w};
-#pragma unroll
-      for (int wi = 0; wi < 4; ++wi) {
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          const float v = fmaf(static_cast<float>((words[wi] >> (4 * n)) & 15u), scale, bias);
-          acc[wi * 8 + n] = pool_add(acc[wi * 8 + n], w, v, weighted);
-        }
-      }
-    }
+  const RowSource src{packed, total_bytes, base, rows, rb, c};
+  if constexpr (STAGED) {
+    pool_staged(src, indices, psw, start, stop, acc, bad);
+  } else {
+    pool_direct(src, indices, psw, start, stop, acc, bad);
   }
   if (mean && stop > start) {
     const float len = static_cast<float>(stop - start);
@@ -274,11 +369,24 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
       using off_t = index_t;
       const auto launch = [&](auto out_tag) {
         using out_t = decltype(out_tag);
-        int4_bag_kernel<idx_t, off_t, out_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        const auto args = std::make_tuple(
             packed.const_data_ptr<uint8_t>(), packed.numel(), idx.const_data_ptr<idx_t>(),
             off.const_data_ptr<off_t>(), table_offsets ? to.const_data_ptr<int64_t>() : nullptr,
             per_sample_weights ? psw.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<out_t>(),
-            s.total_D, s.N, s.B, s.uniform, s.mean, s.error, s.error ? err.mutable_data_ptr<int>() : nullptr, tp);
+            s.total_D, s.N, s.B, s.uniform, s.mean, s.error, s.error ? err.mutable_data_ptr<int>() : nullptr);
+        const auto stream = c10::cuda::getCurrentCUDAStream();
+        if (staged_lookup()) {
+          auto* kernel = &int4_bag_kernel<idx_t, off_t, out_t, true>;
+          static const bool smem_set = [&] {
+            C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagedSmem));
+            return true;
+          }();
+          (void)smem_set;
+          std::apply([&](auto... a) { kernel<<<blocks, kThreads, kStagedSmem, stream>>>(a..., tp); }, args);
+        } else {
+          std::apply([&](auto... a) { int4_bag_kernel<idx_t, off_t, out_t, false><<<blocks, kThreads, 0, stream>>>(a..., tp); },
+                     args);
+        }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (output_dtype == at::kFloat) launch(float{});
