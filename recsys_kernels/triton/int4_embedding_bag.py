@@ -25,6 +25,8 @@ implementation); divisions use div_rn so scales match the C++ kernels bit for bi
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -303,7 +305,13 @@ def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
     so few compiled variants (untuned: a starting point for the H100 measurements)."""
     words = _next_pow2(max_row_bytes // 4)
     block_l = 1 if avg_len < 1.5 else max(1, min(8, 2048 // (words * 8)))
-    return block_l, words, 4 if words * 8 * block_l >= 2048 else 2
+    num_warps = 4 if words * 8 * block_l >= 2048 else 2
+    # EXPERIMENT, to be swept on the H100 and then hard-coded: RECSYS_KERNELS_INT4_TRITON_TILE="BLOCK_L,num_warps"
+    # overrides the choice for bags of more than one row (the QAT kernel follows, so both stay bit-identical).
+    override = os.environ.get("RECSYS_KERNELS_INT4_TRITON_TILE")
+    if override and avg_len >= 1.5:
+        block_l, num_warps = (int(x) for x in override.split(","))
+    return block_l, words, num_warps
 
 
 @triton_op("recsys::int4_embedding_bag_triton", mutates_args=())
