@@ -66,3 +66,21 @@ def check_features(tables: Sequence[EmbeddingBagConfig], features: Any) -> dict[
             raise ValueError(f"every table needs the same batch size: features[{t.name!r}] has offsets for {b} "
                              f"bags, others for {B}")
     return features
+
+
+def pooled_in_table_order(outs: Sequence[torch.Tensor], groups: Sequence[Sequence[EmbeddingBagConfig]],
+                          tables: Sequence[EmbeddingBagConfig]) -> torch.Tensor:
+    """(B, sum of dims) with each table's pooled columns in the order of ``tables``, from outs[g] (B, dims of
+    group g) whose columns follow groups[g]. Whole group outputs are concatenated, and the columns gathered
+    once only when the groups interleave the tables: never one slice per table, whose backward would build a
+    full-size zero gradient per table and add them up (T² the gradient's bytes; most of a DLRM step)."""
+    full = outs[0] if len(outs) == 1 else torch.cat(list(outs), dim=1)
+    grouped = [t for members in groups for t in members]
+    if [t.name for t in grouped] == [t.name for t in tables]:
+        return full
+    first, col = {}, 0
+    for t in grouped:
+        first[t.name] = col
+        col += t.embedding_dim
+    columns = [c for t in tables for c in range(first[t.name], first[t.name] + t.embedding_dim)]
+    return full.index_select(1, torch.tensor(columns, dtype=torch.int64, device=full.device))

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from recsys_kernels.nn.embedding_config import EmbeddingBagConfig, check_features
+from recsys_kernels.nn.embedding_config import EmbeddingBagConfig, check_features, pooled_in_table_order
 from recsys_kernels.ops.rowwise_adagrad import embedding_bag_rowwise_adagrad
 from recsys_kernels.optim.rowwise_adagrad import RowWiseAdagradConfig
 
@@ -110,7 +110,7 @@ class FusedEmbeddingBagCollection(torch.nn.Module):
 
     def forward(self, features: Features) -> torch.Tensor:
         features = check_features(self.tables, features)
-        pooled: dict[str, torch.Tensor] = {}
+        outs: list[torch.Tensor] = []
         opt = self.optimizer
         for g, members in enumerate(self._groups):
             weight = getattr(self, f"weights_{g}")
@@ -125,16 +125,13 @@ class FusedEmbeddingBagCollection(torch.nn.Module):
                 if has_psw:
                     psw.append(features[t.name][2] if len(features[t.name]) == 3
                                else torch.ones(idx.shape[0], dtype=torch.float32, device=idx.device))
-            out = embedding_bag_rowwise_adagrad(
+            outs.append(embedding_bag_rowwise_adagrad(
                 weight, getattr(self, f"momentum_{g}"), torch.cat(indices), torch.cat(offsets),
                 table_offsets=getattr(self, f"table_offsets_{g}"), pooling=members[0].pooling,
                 per_sample_weights=torch.cat(psw).to(weight.dtype) if has_psw else None, lr=opt.lr, eps=opt.eps,
                 weight_decay=opt.weight_decay, weight_decay_mode=opt.weight_decay_mode,
-                stochastic_rounding_seed=self._next_seed(weight))
-            D = members[0].embedding_dim
-            for k, t in enumerate(members):
-                pooled[t.name] = out[:, k * D:(k + 1) * D]
-        return torch.cat([pooled[t.name] for t in self.tables], dim=1)
+                stochastic_rounding_seed=self._next_seed(weight)))
+        return pooled_in_table_order(outs, self._groups, self.tables)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"stochastic_rounding_step": self._sr_step}

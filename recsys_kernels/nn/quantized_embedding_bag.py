@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from recsys_kernels.nn.embedding_config import EmbeddingBagConfig, check_features
+from recsys_kernels.nn.embedding_config import EmbeddingBagConfig, check_features, pooled_in_table_order
 from recsys_kernels.ops.int4_embedding_bag import int4_embedding_bag, quantize_int4_rows, row_bytes
 from recsys_kernels.ops.qat_embedding_bag import qat_embedding_bag, table_scales
 from recsys_kernels.reference.qat_embedding_bag import QPARAMS, table_int4_rows
@@ -102,12 +102,7 @@ class _GroupedTables(torch.nn.Module):
         return check_features(self.tables, features)
 
     def _assemble(self, outs: list[torch.Tensor]) -> torch.Tensor:
-        pooled: dict[str, torch.Tensor] = {}
-        for g, members in enumerate(self._groups):
-            D = members[0].embedding_dim
-            for k, t in enumerate(members):
-                pooled[t.name] = outs[g][:, k * D:(k + 1) * D]
-        return torch.cat([pooled[t.name] for t in self.tables], dim=1)
+        return pooled_in_table_order(outs, self._groups, self.tables)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
         super()._save_to_state_dict(destination, prefix, keep_vars)
