@@ -28,7 +28,7 @@ from recsys_kernels import nn as rknn
 from recsys_kernels import ops
 
 from .sequence_common import ItemTable, SequenceBatch, SequentialModel, jagged_positions, padding_column_to_neg_inf
-from .sequence_losses import sample_negatives, sampled_softmax_loss
+from .sequence_losses import negative_logits_by_id, sample_negatives, sampled_softmax_from_logits, sampled_softmax_loss
 
 __all__ = ["HSTU", "HSTUBlock"]
 
@@ -106,9 +106,14 @@ class HSTU(SequentialModel):
         query = self.labelled(hidden, batch)
         neg_ids = sample_negatives(self.num_items, query.shape[0], self.num_negatives, self.shared_negatives,
                                    query.device)
-        pos = self.items.normalized(batch.labels, _EPS)
-        neg = self.items.normalized(neg_ids, _EPS)
-        return sampled_softmax_loss(query, pos, neg, batch.labels, neg_ids, self.temperature)
+        if self.items.sparse:  # normalise only the gathered rows: the gradient stays on the rows the batch touched
+            pos = self.items.normalized(batch.labels, _EPS)
+            neg = self.items.normalized(neg_ids, _EPS)
+            return sampled_softmax_loss(query, pos, neg, batch.labels, neg_ids, self.temperature)
+        table = F.normalize(self.items.full(), dim=-1, eps=_EPS)
+        pos = table.index_select(0, batch.labels)
+        neg_logit = negative_logits_by_id(query, table, neg_ids)
+        return sampled_softmax_from_logits(query, pos, neg_logit, batch.labels, neg_ids, self.temperature)
 
     def scores(self, hidden_last: torch.Tensor) -> torch.Tensor:
         table = F.normalize(self.items.full(), dim=-1, eps=_EPS)
