@@ -377,11 +377,8 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
         const auto stream = c10::cuda::getCurrentCUDAStream();
         if (staged_lookup()) {
           auto* kernel = &int4_bag_kernel<idx_t, off_t, out_t, true>;
-          static const bool smem_set = [&] {
-            C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagedSmem));
-            return true;
-          }();
-          (void)smem_set;
+          // Per launch, not once: the attribute belongs to the current device.
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagedSmem));
           std::apply([&](auto... a) { kernel<<<blocks, kThreads, kStagedSmem, stream>>>(a..., tp); }, args);
         } else {
           std::apply([&](auto... a) { int4_bag_kernel<idx_t, off_t, out_t, false><<<blocks, kThreads, 0, stream>>>(a..., tp); },
