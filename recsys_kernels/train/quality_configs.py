@@ -18,7 +18,12 @@ Amazon Beauty (22,363 users, 12,101 items, mean length 8.9, max length 50):
                        Hidasi & Karatzoglou's losses; it learns faster than BPR-max here), lr 1e-3.
 MovieLens-100K next-item (943 users, 1,682 items, mean length 106): the ML-1M settings (hstu-ml-1m,
   sasrec-ml-1m: generative-recommenders' ML-1M configs at length 200) with eval batches of 1024, and
-  bert4rec-ml-100k-fast / gru4rec-ml-100k-fast at length 200, lr 1e-3.
+  bert4rec-ml-100k-fast / gru4rec-ml-100k-fast at length 200, lr 1e-3. HSTU overfits this small set at the
+  ML-1M settings (validation NDCG@10 flat at ~0.093 from epoch 30 while its training loss falls below SASRec's),
+  and its relative time bias hurts here (half of ML-100K's consecutive ratings share a timestamp): hstu-ml-100k-fast
+  adds dropout 0.5, lr 2e-3 and a single time bucket (num_buckets 0: the time bias is one learned constant, the
+  position bias stays). On the CPU (seed 0, 100 epochs) that took HSTU's test HR@10 / NDCG@10 from 0.174 / 0.092
+  to 0.215 / 0.112, against SASRec's 0.209 / 0.114; not yet confirmed on the GPU.
 MovieLens-100K ratings: pmf-ml-100k-fast is pmf-ml-100k at batch 1024 (4x fewer, fuller steps; 5-fold RMSE 0.9157 on
   the CPU against 0.9101 at batch 256, both under the 0.925 target).
 The epoch counts are caps: the quality run stops each model at its wall-clock budget and keeps the epoch with
@@ -38,7 +43,8 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "hstu-beauty-fast": dict(SEQ["hstu"]["hstu-beauty"], **_FAST, batch_size=256, lr=1e-3, embedding_dim=64,
                                  num_blocks=4, num_heads=4, dqk=16, dv=16, dropout=0.5, linear_dropout=0.5,
                                  num_negatives=512, shared_negatives=True, temperature=0.05),
-        "hstu-ml-100k-fast": dict(SEQ["hstu"]["hstu-ml-1m"], **_FAST),
+        "hstu-ml-100k-fast": dict(SEQ["hstu"]["hstu-ml-1m"], **_FAST, lr=2e-3, dropout=0.5, linear_dropout=0.5,
+                                  num_buckets=0),
     },
     "sasrec": {
         "sasrec-beauty-fast": dict(SEQ["sasrec"]["sasrec-beauty"], **_FAST, **_SSM, batch_size=256, lr=1e-3,
