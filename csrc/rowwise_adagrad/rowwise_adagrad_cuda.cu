@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
-#include <utility>
 
 #include "rowwise_adagrad/rowwise_adagrad.h"
 
@@ -161,9 +160,19 @@ __device__ __forceinline__ void update_row(W* __restrict__ weight, float* __rest
 
 // ------------------------------------------------------------------------------------------------- prepare
 
-template <typename index_t, typename K>
-__global__ void prepare_update_kernel(const index_t* __restrict__ indices, int64_t N, int64_t E,
-                                      K* __restrict__ keys, int32_t* __restrict__ pos, int* err) {
+// The sort keys: 32-bit unless a table has 2^31 rows or more (half the key bytes for the sort to move).
+struct RowKeys {
+  void* data;
+  bool wide;
+  __device__ __forceinline__ void set(int64_t p, int64_t r) const {
+    if (wide) static_cast<int64_t*>(data)[p] = r;
+    else static_cast<int32_t*>(data)[p] = static_cast<int32_t>(r);
+  }
+};
+
+template <typename index_t>
+__global__ void prepare_update_kernel(const index_t* __restrict__ indices, int64_t N, int64_t E, RowKeys keys,
+                                      int32_t* __restrict__ pos, int* err) {
   for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < N;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t r = static_cast<int64_t>(indices[p]);
@@ -171,15 +180,15 @@ __global__ void prepare_update_kernel(const index_t* __restrict__ indices, int64
       atomicOr(err, kErrIndex);
       r = 0;
     }
-    keys[p] = static_cast<K>(r);
+    keys.set(p, r);
     pos[p] = static_cast<int32_t>(p);
   }
 }
 
-template <typename index_t, typename K>
+template <typename index_t>
 __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const int64_t* __restrict__ offsets,
                                      const int64_t* __restrict__ tabs, int64_t N, int64_t T, int64_t B, int64_t E,
-                                     K* __restrict__ keys, int32_t* __restrict__ pos,
+                                     RowKeys keys, int32_t* __restrict__ pos,
                                      int32_t* __restrict__ bag_of, int* err) {
   const int64_t TB = T * B;
   const int64_t total = std::max(N, TB + 1);
@@ -191,7 +200,7 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
     if (k == 0 && (tabs[0] < 0 || tabs[T] > E)) atomicOr(err, kErrTables);
     if (k >= N) continue;
     if (TB == 0) {  // occurrences without bags: offsets[0] != N was flagged above
-      keys[k] = 0;
+      keys.set(k, 0);
       pos[k] = static_cast<int32_t>(k);
       bag_of[k] = 0;
       continue;
@@ -211,7 +220,7 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
       atomicOr(err, kErrIndex);
       r = 0;
     }
-    keys[k] = static_cast<K>(r);
+    keys.set(k, r);
     pos[k] = static_cast<int32_t>(k);
     bag_of[k] = static_cast<int32_t>(bag);
   }
@@ -429,38 +438,34 @@ void launch_typed(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int6
 // prepare kernel clamps bad rows to 0, so the sort is safe on any input) and before anything is written.
 int read_error(const at::Tensor& err) { return err.item<int>(); }
 
-// Rows fit 32-bit sort keys unless a table has 2^31 rows or more: half the key bytes for the sort to move.
-bool int32_keys(int64_t E) { return E <= std::numeric_limits<int32_t>::max(); }
+// The keys, positions and error word the prepare kernels fill, keys 32-bit whenever rows fit.
+struct Prepared {
+  at::Tensor keys, pos, err;
+  Prepared(int64_t N, int64_t E, const at::TensorOptions& opts)
+      : keys(at::empty({N}, opts.dtype(E <= std::numeric_limits<int32_t>::max() ? at::kInt : at::kLong))),
+        pos(at::empty({N}, opts.dtype(at::kInt))),
+        err(at::zeros({1}, opts.dtype(at::kInt))) {}
+  RowKeys row_keys() { return {keys.mutable_data_ptr(), keys.scalar_type() == at::kLong}; }
+};
 
-template <typename K>
-at::ScalarType key_dtype() {
-  return std::is_same_v<K, int32_t> ? at::kInt : at::kLong;
-}
-
-// Sorts the (row, position) pairs by row, stable and over only the bits a row needs; returns (rows, positions).
-template <typename K>
-std::pair<at::Tensor, at::Tensor> sort_by_row(const at::Tensor& keys, const at::Tensor& pos, int64_t E) {
-  auto rows_sorted = at::empty_like(keys);
-  auto pos_sorted = at::empty_like(pos);
-  const int64_t N = keys.numel();
-  if (N == 0) return {rows_sorted, pos_sorted};
-  const int end_bit = std::max(1, bits_for(static_cast<uint64_t>(std::max<int64_t>(E - 1, 0))));
-  at::cuda::cub::radix_sort_pairs<K, int32_t>(keys.const_data_ptr<K>(), rows_sorted.mutable_data_ptr<K>(),
-                                              pos.const_data_ptr<int32_t>(), pos_sorted.mutable_data_ptr<int32_t>(), N,
-                                              false, 0, end_bit);
-  return {rows_sorted, pos_sorted};
-}
-
-// Sums each row's gradient occurrences (sorted by row) and updates the row.
-template <typename K>
-void update_sorted(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& rows_sorted, const at::Tensor& pos_sorted,
-                   const GradView& gv, at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper) {
-  const int64_t N = rows_sorted.numel();
+// Sorts the (row, position) pairs by row (stable; only the bits a row needs), reads the error word (raise(e)
+// throws when it is set), then sums each row's occurrences and updates the row.
+template <typename K, typename Raise>
+void sort_and_update_as(at::Tensor& weight, at::Tensor& momentum, Prepared& prep, const GradView& gv,
+                        at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper, Raise&& raise) {
+  const int64_t N = prep.keys.numel(), E = weight.size(0), D = weight.size(1);
+  auto rows_sorted = at::empty_like(prep.keys);
+  auto pos_sorted = at::empty_like(prep.pos);
+  if (N > 0) {
+    const int end_bit = std::max(1, bits_for(static_cast<uint64_t>(std::max<int64_t>(E - 1, 0))));
+    at::cuda::cub::radix_sort_pairs<K, int32_t>(prep.keys.const_data_ptr<K>(), rows_sorted.mutable_data_ptr<K>(),
+                                                prep.pos.const_data_ptr<int32_t>(),
+                                                pos_sorted.mutable_data_ptr<int32_t>(), N, false, 0, end_bit);
+  }
+  if (const int e = read_error(prep.err); e != 0) raise(e);
   if (N == 0) return;
-  const int64_t D = weight.size(1);
   const DeviceHyper h = device_hyper(hyper);
-  const int64_t num_chunks = (N + kChunk - 1) / kChunk;
-  auto partial = at::empty({num_chunks * 2, D}, weight.options().dtype(at::kFloat));
+  auto partial = at::empty({(N + kChunk - 1) / kChunk * 2, D}, weight.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "rowwise_adagrad_cuda", [&] {
     if constexpr (std::is_same_v<scalar_t, double>) {
       TORCH_CHECK(false, "weight: the CUDA rowwise_adagrad kernel takes float32, float16 or bfloat16, got float64");
@@ -471,6 +476,15 @@ void update_sorted(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& r
         launch_typed<K, scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
     }
   });
+}
+
+template <typename Raise>
+void sort_and_update(at::Tensor& weight, at::Tensor& momentum, Prepared& prep, const GradView& gv,
+                     at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper, Raise&& raise) {
+  if (prep.keys.scalar_type() == at::kInt)
+    sort_and_update_as<int32_t>(weight, momentum, prep, gv, grad_dtype, hyper, raise);
+  else
+    sort_and_update_as<int64_t>(weight, momentum, prep, gv, grad_dtype, hyper, raise);
 }
 
 void check_cuda_inputs(const at::Tensor& weight, const at::Tensor& momentum, int64_t N) {
@@ -500,29 +514,6 @@ int blocks_for(int64_t n) {
   std::abort();  // unreachable: TORCH_CHECK(false) throws
 }
 
-template <typename K>
-void update_with_keys(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices, const GradView& gv,
-                      at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper, int64_t N, int64_t E) {
-  at::Tensor keys = at::empty({N}, indices.options().dtype(key_dtype<K>()));
-  auto pos = at::empty({N}, indices.options().dtype(at::kInt));
-  auto err = at::zeros({1}, indices.options().dtype(at::kInt));
-  K* keys_out = keys.mutable_data_ptr<K>();
-  int32_t* pos_out = pos.mutable_data_ptr<int32_t>();
-  int* err_out = err.mutable_data_ptr<int>();
-  if (N > 0) {
-    AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare", [&] {
-      const auto idx = indices.contiguous();
-      const index_t* idx_in = idx.const_data_ptr<index_t>();
-      prepare_update_kernel<<<blocks_for(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(idx_in, N, E, keys_out,
-                                                                                          pos_out, err_out);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
-  const auto [rows_sorted, pos_sorted] = sort_by_row<K>(keys, pos, E);
-  if (read_error(err) != 0) raise_update_error(indices, E);
-  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper);
-}
-
 void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices,
                                  const at::Tensor& grad_rows, double lr, double eps, double weight_decay,
                                  c10::string_view weight_decay_mode, int64_t stochastic_rounding_seed) {
@@ -533,8 +524,17 @@ void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const
   const int64_t N = shape.N, E = shape.E;
   const auto g = grad_rows.stride(1) == 1 ? grad_rows : grad_rows.contiguous();
   const GradView gv{g.const_data_ptr(), g.stride(0), nullptr, nullptr, nullptr, 1, false};
-  if (int32_keys(E)) update_with_keys<int32_t>(weight, momentum, indices, gv, g.scalar_type(), hyper, N, E);
-  else update_with_keys<int64_t>(weight, momentum, indices, gv, g.scalar_type(), hyper, N, E);
+  Prepared prep(N, E, indices.options());
+  if (N > 0) {
+    AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare", [&] {
+      const auto idx = indices.contiguous();
+      prepare_update_kernel<index_t><<<blocks_for(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          idx.const_data_ptr<index_t>(), N, E, prep.row_keys(), prep.pos.mutable_data_ptr<int32_t>(),
+          prep.err.mutable_data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  sort_and_update(weight, momentum, prep, gv, g.scalar_type(), hyper, [&](int) { raise_update_error(indices, E); });
 }
 
 // The fused backward's error message, found again on the host (the error path only).
@@ -570,33 +570,6 @@ void rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& momentum, const
   std::abort();  // unreachable: TORCH_CHECK(false) throws
 }
 
-template <typename K>
-void fused_with_keys(at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices, const at::Tensor& offsets,
-                     const at::Tensor& off, const at::Tensor& tabs, at::Tensor& bag_of, const GradView& gv, at::ScalarType grad_dtype,
-                     const RowwiseAdagradHyper& hyper, int64_t N, int64_t T, int64_t B, int64_t E) {
-  const auto opts = indices.options();
-  at::Tensor keys = at::empty({N}, opts.dtype(key_dtype<K>()));
-  auto pos = at::empty({N}, opts.dtype(at::kInt));
-  auto err = at::zeros({1}, opts.dtype(at::kInt));
-  K* keys_out = keys.mutable_data_ptr<K>();
-  int32_t* pos_out = pos.mutable_data_ptr<int32_t>();
-  int32_t* bag_out = bag_of.mutable_data_ptr<int32_t>();
-  int* err_out = err.mutable_data_ptr<int>();
-  const int64_t* off_in = off.const_data_ptr<int64_t>();
-  const int64_t* tabs_in = tabs.const_data_ptr<int64_t>();
-  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare_fused", [&] {
-    const auto idx = indices.contiguous();
-    const index_t* idx_in = idx.const_data_ptr<index_t>();
-    prepare_fused_kernel<<<blocks_for(std::max(N, T * B + 1)), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        idx_in, off_in, tabs_in, N, T, B, E, keys_out, pos_out, bag_out, err_out);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  const auto [rows_sorted, pos_sorted] = sort_by_row<K>(keys, pos, E);
-  const int e = read_error(err);
-  if (e != 0) raise_fused_error(e, indices, offsets, tabs, N, T, B, E);
-  update_sorted<K>(weight, momentum, rows_sorted, pos_sorted, gv, grad_dtype, hyper);
-}
-
 void embedding_bag_backward_rowwise_adagrad_cuda(
     at::Tensor& weight, at::Tensor& momentum, const at::Tensor& indices, const at::Tensor& offsets,
     const at::Tensor& grad_output, const std::optional<at::Tensor>& table_offsets, c10::string_view pooling,
@@ -628,10 +601,17 @@ void embedding_bag_backward_rowwise_adagrad_cuda(
   const GradView gv{g.const_data_ptr(), g.stride(0), bag_of.const_data_ptr<int32_t>(),
                     psw.defined() ? psw.const_data_ptr<float>() : nullptr, off.const_data_ptr<int64_t>(), B,
                     shape.mean};
-  if (int32_keys(E))
-    fused_with_keys<int32_t>(weight, momentum, indices, offsets, off, tabs, bag_of, gv, g.scalar_type(), hyper, N, T, B, E);
-  else
-    fused_with_keys<int64_t>(weight, momentum, indices, offsets, off, tabs, bag_of, gv, g.scalar_type(), hyper, N, T, B, E);
+  Prepared prep(N, E, opts);
+  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "rowwise_adagrad_prepare_fused", [&] {
+    const auto idx = indices.contiguous();
+    prepare_fused_kernel<index_t><<<blocks_for(std::max(N, T * B + 1)), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        idx.const_data_ptr<index_t>(), off.const_data_ptr<int64_t>(), tabs.const_data_ptr<int64_t>(), N, T, B, E,
+        prep.row_keys(), prep.pos.mutable_data_ptr<int32_t>(), bag_of.mutable_data_ptr<int32_t>(),
+        prep.err.mutable_data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  sort_and_update(weight, momentum, prep, gv, g.scalar_type(), hyper,
+                  [&](int e) { raise_fused_error(e, indices, offsets, tabs, N, T, B, E); });
 }
 
 }  // namespace
