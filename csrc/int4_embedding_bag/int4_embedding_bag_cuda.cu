@@ -10,9 +10,10 @@
 // (indices, then 4 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
 // of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
 // bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
-// "mean", converted once and stored 16 bytes at a time. (Pending measurement: pool_staged, the same walk with
-// the rows copied through shared memory by cp.async so that 8-16 rows per thread are in flight.) Blocks belong to one table (block_start), so tables of
+// "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
 // different D and row counts share the launch (TBE batching) and the table's geometry is computed once a block.
+// (Pending measurement: pool_staged, the same walk with the rows copied through shared memory by cp.async, so
+// that 8-16 rows per thread are in flight.)
 //
 // bounds_check="error": threads flag bad indices / offsets / table_offsets in a device word that the host reads
 // once after the launch; "ignore": no flag and no sync. Either way a bad index is skipped and offsets are
@@ -23,7 +24,6 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <tuple>
 
 #include "common/ptx.cuh"
 #include "int4_embedding_bag/int4_embedding_bag_cuda.cuh"
@@ -35,13 +35,10 @@ namespace {
 constexpr int kUnroll = 4;  // rows in flight per thread
 
 // EXPERIMENT, to be measured on the H100 and then either made the only path or removed: the shared-memory
-// staged lookup (pool_staged) runs when RECSYS_KERNELS_INT4_STAGED=1.
+// staged lookup (pool_staged) runs when RECSYS_KERNELS_INT4_STAGED=1 (read at every call, so a test can flip it).
 bool staged_lookup() {
-  static const bool on = [] {
-    const char* v = std::getenv("RECSYS_KERNELS_INT4_STAGED");
-    return v != nullptr && v[0] == '1';
-  }();
-  return on;
+  const char* v = std::getenv("RECSYS_KERNELS_INT4_STAGED");
+  return v != nullptr && v[0] == '1';
 }
 
 // Table t of the block: the largest t with block_start[t] <= blockIdx.x.
@@ -369,21 +366,17 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
       using off_t = index_t;
       const auto launch = [&](auto out_tag) {
         using out_t = decltype(out_tag);
-        const auto args = std::make_tuple(
+        const bool staged = staged_lookup();
+        auto* kernel = staged ? &int4_bag_kernel<idx_t, off_t, out_t, true>
+                              : &int4_bag_kernel<idx_t, off_t, out_t, false>;
+        const int smem = staged ? kStagedSmem : 0;
+        // Per launch, not once: the attribute belongs to the current device.
+        if (staged) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
             packed.const_data_ptr<uint8_t>(), packed.numel(), idx.const_data_ptr<idx_t>(),
             off.const_data_ptr<off_t>(), table_offsets ? to.const_data_ptr<int64_t>() : nullptr,
             per_sample_weights ? psw.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<out_t>(),
-            s.total_D, s.N, s.B, s.uniform, s.mean, s.error, s.error ? err.mutable_data_ptr<int>() : nullptr);
-        const auto stream = c10::cuda::getCurrentCUDAStream();
-        if (staged_lookup()) {
-          auto* kernel = &int4_bag_kernel<idx_t, off_t, out_t, true>;
-          // Per launch, not once: the attribute belongs to the current device.
-          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStagedSmem));
-          std::apply([&](auto... a) { kernel<<<blocks, kThreads, kStagedSmem, stream>>>(a..., tp); }, args);
-        } else {
-          std::apply([&](auto... a) { int4_bag_kernel<idx_t, off_t, out_t, false><<<blocks, kThreads, 0, stream>>>(a..., tp); },
-                     args);
-        }
+            s.total_D, s.N, s.B, s.uniform, s.mean, s.error, s.error ? err.mutable_data_ptr<int>() : nullptr, tp);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (output_dtype == at::kFloat) launch(float{});
