@@ -66,7 +66,8 @@ struct RowSource {
 };
 
 // acc[j] (column j of this thread's run) += one row's dequantized unit: data = the unit's 16 bytes, sb = the
-// row's fp16 scale and bias. The one accumulation both lookups (and the QAT kernel) use.
+// row's fp16 scale and bias. Both walks use it; the QAT kernel repeats the same expressions (pool_add), so an
+// exported table pools bit-identically.
 __device__ __forceinline__ void add_unit(float (&acc)[32], const uint4& data, uint32_t sb, int c, float w,
                                          bool weighted) {
   const __half2 qp = *reinterpret_cast<const __half2*>(&sb);

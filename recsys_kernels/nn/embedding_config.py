@@ -73,7 +73,8 @@ def pooled_in_table_order(outs: Sequence[torch.Tensor], groups: Sequence[Sequenc
     """(B, sum of dims) with each table's pooled columns in the order of ``tables``, from outs[g] (B, dims of
     group g) whose columns follow groups[g]. Whole group outputs are concatenated, and the columns gathered
     once only when the groups interleave the tables: never one slice per table, whose backward would build a
-    full-size zero gradient per table and add them up (T² the gradient's bytes; most of a DLRM step)."""
+    full-size zero gradient per table and add them up (T² the gradient's bytes: ~88 GB per step, by count, for
+    26 Criteo tables of D 128 at batch 65536)."""
     full = outs[0] if len(outs) == 1 else torch.cat(list(outs), dim=1)
     grouped = [t for members in groups for t in members]
     if [t.name for t in grouped] == [t.name for t in tables]:
