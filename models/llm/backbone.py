@@ -130,9 +130,29 @@ class Backbone(torch.nn.Module):
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                keep: int) -> torch.Tensor:
         """(B, T, H) left-padded inputs -> (B, keep, V) float32 logits of the last ``keep`` positions."""
-        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+        mask = self.additive_causal_mask(attention_mask, inputs_embeds.dtype)
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
                       logits_to_keep=keep, use_cache=False)
         return out.logits.float()
+
+    @staticmethod
+    def additive_causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, T) 0/1 padding mask -> (B, 1, T, T) additive mask: 0 where query i may see key j (j <= i, both
+        real tokens, or j == i), the dtype's minimum elsewhere.
+
+        Why not let transformers build it from the 2D mask: a left pad's query row would then see no key at all,
+        and on CUDA the memory-efficient SDPA kernel's backward turns such fully masked rows into NaN gradients
+        for anything trained through the query/key/value projections (LoRA): every LoRA run's loss went NaN on
+        the H100 while the same runs trained on the CPU. Letting each pad see itself changes no real token's
+        output and leaves no row empty, for every attention implementation (an additive mask suits both
+        ``sdpa`` and ``eager``)."""
+        real = attention_mask.to(torch.bool)
+        T = real.shape[1]
+        eye = torch.eye(T, dtype=torch.bool, device=real.device)
+        causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
+        allowed = (causal & real[:, None, :] & real[:, :, None]) | eye
+        zero = torch.zeros((), dtype=dtype, device=real.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
 
     @torch.no_grad()
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> list[str]:

@@ -179,6 +179,9 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
             torch.distributed.all_reduce(value)
             value /= ctx.world
         result.losses.append(float(value))
+        if not math.isfinite(result.losses[-1]):
+            # Stop at once: every later step would train on NaN weights and the run would report garbage.
+            raise FloatingPointError(f"stage {stage.name!r}: the loss is {result.losses[-1]} at step {step + 1}")
         step += 1
         result.steps = step
         if log_every and ctx.is_main and step % log_every == 0:

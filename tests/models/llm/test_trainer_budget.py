@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 
 from recsys_kernels.models.llm.trainer import Stage, run_stage
@@ -57,3 +58,11 @@ def test_max_steps_zero_skips_the_stage():
     result = run_stage(model, _stage(max_steps=0), torch.device("cpu"), time_budget_s=1.0)
     assert result.steps == 0 and not result.losses and torch.equal(model.w, torch.zeros(3))
     assert not model.w.requires_grad and not model.training
+
+
+def test_a_nan_loss_stops_the_stage_with_its_step():
+    model = _Slow()
+    with torch.no_grad():
+        model.w.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"'fit'.*step 1"):
+        run_stage(model, _stage(epochs=3.0), torch.device("cpu"))
