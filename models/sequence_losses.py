@@ -28,13 +28,19 @@ def sample_negatives(num_items: int, num_positions: int, k: int, shared: bool, d
     return torch.randint(1, num_items + 1, shape, device=device)
 
 
+def _no_autocast(t: torch.Tensor) -> torch.autocast:
+    """Autocast would run the float32 matmuls below in bf16 again, whatever their inputs' dtype."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def negative_logits(query: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """query (M, D), neg (K, D) shared or (M, K, D) per position -> (M, K) float32 dot products."""
-    query = query.float()
-    neg = neg.float()
-    if neg.dim() == 2:
-        return query @ neg.t()
-    return torch.bmm(neg, query.unsqueeze(-1)).squeeze(-1)
+    with _no_autocast(query):
+        query = query.float()
+        neg = neg.float()
+        if neg.dim() == 2:
+            return query @ neg.t()
+        return torch.bmm(neg, query.unsqueeze(-1)).squeeze(-1)
 
 
 def negative_logits_by_id(query: torch.Tensor, table: torch.Tensor, neg_ids: torch.Tensor) -> torch.Tensor:
@@ -45,7 +51,8 @@ def negative_logits_by_id(query: torch.Tensor, table: torch.Tensor, neg_ids: tor
     M K rows, and a backward without scattering M K rows into the table (atomics on a few thousand rows)."""
     K = neg_ids.shape[-1]
     if neg_ids.dim() == 2 and table.shape[0] <= K * table.shape[1]:
-        return (query.float() @ table.float().t()).gather(1, neg_ids)
+        with _no_autocast(query):
+            return (query.float() @ table.float().t()).gather(1, neg_ids)
     neg = table.index_select(0, neg_ids.reshape(-1)).view(*neg_ids.shape, table.shape[1])
     return negative_logits(query, neg)
 

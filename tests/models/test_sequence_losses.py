@@ -38,3 +38,15 @@ def test_sampled_softmax_from_logits_is_the_sampled_softmax():
     got = sampled_softmax_from_logits(query, pos, negative_logits_by_id(query, table, neg_ids), pos_ids, neg_ids,
                                       temperature=0.05)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("V,K,D", [(30, 8, 4), (300, 4, 8)])
+def test_negative_logits_stay_float32_under_bf16_autocast(V, K, D):
+    g = torch.Generator().manual_seed(2)
+    query, table = torch.randn(12, D, generator=g), torch.randn(V, D, generator=g)
+    ids = torch.randint(0, V, (12, K), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        by_id = negative_logits_by_id(query, table, ids)
+        shared = negative_logits(query, table[:K])
+    assert by_id.dtype == shared.dtype == torch.float32
+    torch.testing.assert_close(by_id, negative_logits(query, table[ids]))
