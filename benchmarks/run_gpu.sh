@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU: build the extension, run the GPU tests, then the benchmarks named as arguments
 # (default: every benchmarks/ops/bench_*.py). Logs and result files go to $OUT (or bench_out/).
-#   bash benchmarks/run_gpu.sh [bench_dot_interaction ...]
+#   bash benchmarks/run_gpu.sh [bench_dot_interaction ...]      ("none": build and test only)
 set -uo pipefail
 out="${OUT:-bench_out}"; mkdir -p "$out"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}"
@@ -21,6 +21,7 @@ done
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}"; rc=$?; echo "gpu tests ${logs[$i]##*/}: rc=$rc ($((SECONDS - start)) s)"; tail -4 "${logs[$i]}"
 done
+[ "${1:-}" = none ] && exit 0
 benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))
 for b in "${benches[@]}"; do
   RECSYS_KERNELS_GIT_REV="${GIT_REV:-unknown}" timeout "${BENCH_TIMEOUT:-600}" python -m "benchmarks.ops.$b" \
