@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recsys_kernels.train.loop import no_autocast
+
 __all__ = ["bce_loss", "bpr_max_loss", "full_softmax_loss", "negative_logits", "negative_logits_by_id",
            "sample_negatives", "sampled_softmax_from_logits", "sampled_softmax_loss"]
 
@@ -28,14 +30,9 @@ def sample_negatives(num_items: int, num_positions: int, k: int, shared: bool, d
     return torch.randint(1, num_items + 1, shape, device=device)
 
 
-def _no_autocast(t: torch.Tensor) -> torch.autocast:
-    """Autocast would run the float32 matmuls below in bf16 again, whatever their inputs' dtype."""
-    return torch.autocast(t.device.type, enabled=False)
-
-
 def negative_logits(query: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """query (M, D), neg (K, D) shared or (M, K, D) per position -> (M, K) float32 dot products."""
-    with _no_autocast(query):
+    with no_autocast(query.device):
         query = query.float()
         neg = neg.float()
         if neg.dim() == 2:
@@ -51,7 +48,7 @@ def negative_logits_by_id(query: torch.Tensor, table: torch.Tensor, neg_ids: tor
     M K rows, and a backward without scattering M K rows into the table (atomics on a few thousand rows)."""
     K = neg_ids.shape[-1]
     if neg_ids.dim() == 2 and table.shape[0] <= K * table.shape[1]:
-        with _no_autocast(query):
+        with no_autocast(query.device):
             return (query.float() @ table.float().t()).gather(1, neg_ids)
     neg = table.index_select(0, neg_ids.reshape(-1)).view(*neg_ids.shape, table.shape[1])
     return negative_logits(query, neg)

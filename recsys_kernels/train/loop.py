@@ -33,7 +33,7 @@ from recsys_kernels.train.checkpoint import (load_checkpoint, rng_state, save_ch
 from recsys_kernels.train.progress import Progress
 from recsys_kernels.train.task import Task
 
-__all__ = ["autocast", "fit", "load_for_eval"]
+__all__ = ["autocast", "fit", "load_for_eval", "no_autocast"]
 
 Log = Callable[[str], None]
 
@@ -47,6 +47,12 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def no_autocast(device: torch.device) -> torch.autocast:
+    """Autocast switched off on ``device``: for float32 matmuls inside an autocast region, which autocast
+    would otherwise run in bf16 whatever their inputs' dtype."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _better(task: Task, new: float, old: float | None) -> bool:
