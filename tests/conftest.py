@@ -7,6 +7,7 @@ Triton runs on the CPU through its interpreter unless TRITON_INTERPRET is alread
 run ``TRITON_INTERPRET=0 HYPOTHESIS_PROFILE=gpu pytest -m gpu``.
 """
 
+import importlib
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
@@ -46,6 +47,14 @@ def backend_params(devices=("cpu", "cuda")) -> list:
     pairs = {"cpu": ("reference", "cpu", "triton"), "cuda": ("reference", "cuda", "triton")}
     return [pytest.param(d, b, id=f"{d}-{b}", marks=[pytest.mark.gpu] if d == "cuda" else [])
             for d in devices for b in pairs[d]]
+
+
+def import_peer(module: str, install: str):
+    """A peer-oracle package (fbgemm_gpu): CI installs it with the [test] extra, so there a failed import is an
+    error, not a silent skip of the cross-checks; elsewhere its tests skip when it is absent."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed ({install})")
 
 
 def require_backend(op: str, device: str, backend: str) -> None:

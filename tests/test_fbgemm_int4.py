@@ -15,8 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-fbgemm_gpu = pytest.importorskip("fbgemm_gpu",
-                                 reason="fbgemm-gpu-cpu is not installed (pip install fbgemm-gpu-cpu==1.9.0)")
+from tests.conftest import import_peer
+
+fbgemm_gpu = import_peer("fbgemm_gpu", "pip install fbgemm-gpu-cpu==1.9.0")
 
 import recsys_kernels as rk  # noqa: E402
 from recsys_kernels.nn import EmbeddingBagConfig, QATEmbeddingBagCollection  # noqa: E402

@@ -36,6 +36,7 @@ from recsys_kernels.reference.int4_embedding_bag import (
     pool,
     quantize_codes,
     reads_values,
+    round_to_fp16,
     row_qparams,
     table_rows,
 )
@@ -128,7 +129,7 @@ def fake_quantize(x: torch.Tensor, qparams: str, scale: torch.Tensor | None = No
         s, bias, inv = row_qparams(x.amin(1), x.amax(1))
         q = quantize_codes(x, bias, inv)
         return q.to(dtype) * s.to(dtype)[:, None] + bias.to(dtype)[:, None]
-    s = scale.to(torch.float16).to(torch.float32)
+    s = round_to_fp16(scale.to(torch.float32))
     inv = torch.where(s == 0, torch.zeros_like(s), torch.ones_like(s) / s)  # true division (see row_qparams)
     return (x * inv[:, None]).clamp(-8.0, 7.0).round().to(dtype) * s.to(dtype)[:, None]
 
@@ -194,7 +195,7 @@ def table_int4_rows(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     from recsys_kernels.reference.int4_embedding_bag import pack_int4_rows
 
     x = weight.detach().to(torch.float32)
-    s = scale.reshape(1).to(torch.float16).to(torch.float32)
+    s = round_to_fp16(scale.reshape(1).to(torch.float32))
     inv = torch.where(s == 0, torch.zeros_like(s), torch.ones_like(s) / s)  # true division (see row_qparams)
     q = (x * inv).clamp(-8.0, 7.0).round() + 8.0
     E = x.shape[0]
