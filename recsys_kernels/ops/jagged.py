@@ -11,6 +11,7 @@ sync, in eager mode only). values dtypes float32|float16|bfloat16|float64|int32|
 differentiable (each is the other's adjoint). Trailing feature dims are flattened for the kernels.
 
 Backends (chosen per call by recsys_kernels._backend):
+  cuda      csrc/jagged/jagged_cuda.cu — a block per 8-position tile, coalesced row copies; one-block scan
   triton    recsys_kernels/triton/jagged.py
   cpu       csrc/jagged/jagged_cpu.cpp
   reference recsys_kernels/reference/jagged.py — plain torch ops, static shapes; the HPU path
