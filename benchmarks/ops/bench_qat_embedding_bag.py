@@ -13,6 +13,12 @@ is timed forward only: its per-lookup gradient alone would be 28 GB. qparams="ro
 the ``table=1`` row (DQRM's per-table scale). Indices are uniform over each table; bounds_check="ignore" (no
 sync). The check compares the output and, for bwd=1, the gradient rows (in lookup order) with float64.
 
+Providers: reference (eager), reference-compiled, triton, cuda, cpu, and fp16-embedding_bag: torch's
+F.embedding_bag on an fp16 copy of the same tables with the same indices (sparse=True for bwd=1, so its backward
+also yields one gradient row per lookup), the unquantized baseline a user would otherwise train with. FBGEMM has
+no fake-quantized lookup: its training TBE fuses an optimizer step into the backward instead of returning a
+gradient, so it does not do this op's work and is not a provider here (bench_rowwise_adagrad times it).
+
 GB/s counts the bytes that must move: forward — each looked-up row (D float32), the indices, offsets and the
 output; backward — the pooled gradient read, the N gradient rows and their N int64 row numbers written.
 """
@@ -126,6 +132,55 @@ def _backend(backend: str, name: str | None = None) -> harness.Provider:
     return harness.Provider(base.name, factory, base.unavailable)
 
 
+_fp16: dict[int, torch.Tensor] = {}
+
+
+def _fp16_table(weight: torch.Tensor) -> torch.Tensor:
+    """The fp16 copy of the (shared, cached) weight, made once outside the timed region."""
+    if id(weight) not in _fp16:
+        _fp16.clear()
+        _fp16[id(weight)] = weight.detach().to(torch.float16).requires_grad_()
+    return _fp16[id(weight)]
+
+
+def _global_rows(indices, offsets, to) -> torch.Tensor:
+    T = to.numel() - 1
+    B = (offsets.numel() - 1) // T
+    L = indices.numel() // max(T * B, 1)  # bags of one length in this benchmark
+    return indices.long() + to[torch.arange(T, device=indices.device).repeat_interleave(B * L)]
+
+
+def _fp16_factory(case: harness.Case, device: torch.device) -> Callable[..., Any]:
+    def run(weight, indices, offsets, to, grad_out, scale):
+        table = _fp16_table(weight)
+        T = to.numel() - 1
+        B = (offsets.numel() - 1) // T
+        with torch.enable_grad():
+            pooled = torch.nn.functional.embedding_bag(_global_rows(indices, offsets, to), table, offsets.long(),
+                                                       mode="sum", include_last_offset=True, sparse=True)
+            out = pooled.reshape(T, B, -1).transpose(0, 1).reshape(B, -1)
+            if not case.shape["bwd"]:
+                return out.detach()
+            (grad,) = torch.autograd.grad(out, table, grad_out.to(torch.float16))
+        return out.detach(), grad._values()
+    return run
+
+
+def _fp16_oracle(weight, indices, offsets, to, grad_out, scale) -> Any:
+    """float32 sums of the fp16 rows, rounded to fp16; the gradient rows are the pooled gradient's, in fp16."""
+    table = _fp16_table(weight).detach()
+    T = to.numel() - 1
+    B = (offsets.numel() - 1) // T
+    rows = table.index_select(0, _global_rows(indices, offsets, to)).float()
+    L = indices.numel() // max(T * B, 1)
+    out = rows.view(T, B, L, -1).sum(2).transpose(0, 1).reshape(B, -1).to(torch.float16)
+    if grad_out.numel() == 0:
+        return out
+    _, grad_rows = reference.qat_embedding_bag_backward(grad_out.to(torch.float16).float(), indices, offsets, to,
+                                                        "sum", None, weight.shape[0])
+    return out, grad_rows.to(torch.float16)
+
+
 def _compiled() -> harness.Provider:
     def factory(case: harness.Case, device: torch.device) -> Callable[..., Any]:
         compiled = torch.compile(_forward, fullgraph=True, dynamic=False)
@@ -152,7 +207,8 @@ BENCH = harness.OpBench(
                   {"T": 1, "E": 4096, "D": 128, "B": 256, "L": 8, "bwd": 1, "table": 1}],
     make_inputs=make_inputs,
     reference=oracle,
-    providers=[_backend("reference"), _compiled(), _backend("triton"), _backend("cuda"), _backend("cpu")],
+    providers=[_backend("reference"), _compiled(), _backend("triton"), _backend("cuda"), _backend("cpu"),
+               harness.Provider("fp16-embedding_bag", _fp16_factory, oracle=_fp16_oracle)],
     modes=("fwd",),
     dtypes=("fp32",),
     bytes_fn=bytes_moved,
