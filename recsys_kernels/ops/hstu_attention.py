@@ -15,7 +15,8 @@ semantics in recsys_kernels/reference/hstu_attention.py). R is computed inside t
 materialised per head. dtypes float32, float16, bfloat16 (float64 on the CPU kernel and the reference, for
 gradcheck); the bias tables have q's dtype. Head dims 1..256, any value. Rows of q past seq_offsets[B] give
 zero output. Sequences must be at most max_seq_len long; zero-length sequences and B = 0 work.
-Differentiable in q, k, v, pos_bias and time_bias; the backward is deterministic on every backend.
+Differentiable in q, k, v, pos_bias and time_bias; the kernel backends (cuda, triton, cpu) have deterministic
+backwards (no atomics); the reference's is autograd's, whose index_select backward adds with atomics on CUDA.
 
 Backends (chosen per call by recsys_kernels._backend):
   cuda      csrc/hstu_attention/hstu_attention_cuda.cu — mma.sync tiles (fp32/fp64 on CUDA cores), bias and
