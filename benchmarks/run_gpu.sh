@@ -21,6 +21,7 @@ done
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}"; rc=$?; echo "gpu tests ${logs[$i]##*/}: rc=$rc ($((SECONDS - start)) s)"; tail -4 "${logs[$i]}"
 done
+[ -n "${MEMCHECK:-}" ] && { bash benchmarks/memcheck.sh 2>&1 | tail -8; }  # MEMCHECK=1: compute-sanitizer too
 [ "${1:-}" = none ] && exit 0
 benches=("$@"); [ ${#benches[@]} -gt 0 ] || benches=($(ls benchmarks/ops/bench_*.py | xargs -n1 basename | sed 's/\.py$//'))
 for b in "${benches[@]}"; do
