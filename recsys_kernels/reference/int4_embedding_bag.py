@@ -84,9 +84,10 @@ def round_to_fp16(x: torch.Tensor) -> torch.Tensor:
     Not ``x.to(torch.float16).to(torch.float32)``: torch.compile's inductor drops such a cast pair inside a
     fused kernel (it keeps the float32 value unless ``emulate_precision_casts`` is set), which changed ~15% of
     the scales a compiled quantize wrote. Rounding to the fp16 ulp of each value's binade is exact float32
-    arithmetic no compiler may elide: x / ulp and q * ulp only move the exponent."""
-    _, k = torch.frexp(x)                                   # |x| in [2^(k-1), 2^k): fp16 ulp 2^(k-11)
-    ulp = torch.ldexp(torch.ones_like(x), (k - 11).clamp(min=-24))  # 2^-24: fp16's subnormal step
+    arithmetic no compiler may elide: x / ulp and q * ulp only move the exponent. The ulp is built from x's
+    exponent bits (integer ops on a bitcast, which Gaudi runs too; torch.frexp has no HPU kernel)."""
+    biased = (x.contiguous().view(torch.int32) >> 23) & 0xFF  # |x| in [2^(e-127), 2^(e-126)): ulp 2^(e-137)
+    ulp = ((biased - 10).clamp(min=103) << 23).view(torch.float32)  # 103 = 2^-24, fp16's subnormal step
     r = torch.round(x / ulp) * ulp
     return torch.where(r.abs() > 65504.0, r * float("inf"), r)
 
