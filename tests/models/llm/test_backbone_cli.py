@@ -78,3 +78,38 @@ def test_the_packaged_backbone_and_sentence_encoder_load_when_installed():
     assert logits.shape == (2, 1, bb.lm.config.vocab_size) and torch.isfinite(logits).all()
     vectors = encode_texts(["Toy Story (1995)", "Heat (1995)"], minilm_path())
     assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model,extra", [
+    ("tallrec", []),
+    ("collm", ["--set", "cf_epochs=1", "--set", "cf_dim=8", "--set", "mapper_max_steps=2"]),
+    ("allmrec", ["--set", "align_max_steps=2", "--set", "cf_epochs=1", "--set", "cf_dim=8", "--set", "latent_dim=8"]),
+])
+def test_command_line_trains_and_reloads_every_llm_model(model, extra, saved_backbone, tmp_path, capsys):
+    """tallrec and collm on CoLLM's ML-1M split, allmrec on ML-100K candidates (llara: the test above)."""
+    import numpy as np
+
+    from recsys_kernels.__main__ import main
+    from recsys_kernels.models.llm import pipeline
+
+    try:
+        data_path = pipeline.default_data_path(model)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    if data_path is None or not data_path.exists():
+        pytest.skip(f"{data_path} is not in the shared data folder")
+    rows = "4" if model == "allmrec" else "64"  # AUC needs both labels among the evaluated rows
+    common = ["--backbone", str(saved_backbone), "--device", "cpu", "--dtype", "float32", "--eval-limit", rows]
+    if model == "allmrec":
+        titles = pipeline.load_data(model).titles
+        emb = tmp_path / "titles.npy"
+        np.save(emb, np.random.default_rng(0).standard_normal((len(titles), 12)).astype(np.float32))
+        common += ["--text-embeddings", str(emb)]
+    out = tmp_path / "run"
+    assert main(["train", model, *common, "--train-limit", "4", "--out", str(out), "--set", "max_steps=2",
+                 "--set", "batch_size=2", "--set", "eval_batch_size=4", "--log-every", "0", *extra]) == 0
+    trained = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", model, "--checkpoint", str(out / "model.pt"), *common]) == 0
+    reloaded = json.loads(capsys.readouterr().out)
+    assert reloaded["test"] == pytest.approx(trained["test"])
