@@ -50,7 +50,7 @@ RECSYS_HOST_DEVICE Int4RowParams int4_row_params(float mn, float mx) {
 // Clamp to [lo, hi] (NaN -> lo) and round to nearest even, for the small integers of INT4 codes. On the host
 // the extension is built for baseline x86-64, where rintf, fminf and fmaxf are libm calls per element (no
 // SSE4.1 roundss): adding and subtracting 1.5 * 2^23 rounds |y| < 2^22 to nearest even in plain float adds,
-// and the comparisons are min/max instructions, so the row loops vectorize (measured ~8x on the QAT forward).
+// and the comparisons are min/max instructions, so the row loops vectorize (QAT forward 1.9-2.5x, RESULTS.md).
 RECSYS_HOST_DEVICE float clamp_round(float y, float lo, float hi) {
 #ifdef __CUDA_ARCH__
   return rintf(fminf(fmaxf(y, lo), hi));
