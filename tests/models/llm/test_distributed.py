@@ -40,3 +40,45 @@ def test_stages_and_evaluation_under_ddp(group_of_one):
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
     assert report["test"]["n"] == len(data.splits["test"])
     assert not any(p.requires_grad for p in model.parameters()), "a stage leaves everything frozen"
+
+
+
+@pytest.mark.parametrize("model,extra", [
+    ("collm", ["--set", "cf_epochs=1", "--set", "cf_dim=8", "--set", "mapper_max_steps=2"]),
+    ("allmrec", ["--set", "align_max_steps=2", "--set", "cf_epochs=1", "--set", "cf_dim=8", "--set", "latent_dim=8"]),
+])
+def test_torchrun_with_two_ranks(model, extra, tmp_path):
+    """Real multi-process DistributedDataParallel: ``torchrun --nproc-per-node 2 -m recsys_kernels train ...`` on
+    the CPU (gloo). collm has two stages (LoRA, then the mapper), allmrec an alignment stage that never calls the
+    LM; evaluation shards the rows over the ranks and gathers every one of them."""
+    import json
+    import subprocess
+    import sys
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    try:
+        data_path = pipeline.default_data_path(model)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    if not data_path.exists():
+        pytest.skip(f"{data_path} is not in the shared data folder")
+    folder = tmp_path / "tiny"
+    bb = tiny.backbone("llama")
+    bb.lm.save_pretrained(folder)
+    bb.tokenizer.save_pretrained(folder)
+    rows = 8 if model == "allmrec" else 64  # AUC needs both labels among the evaluated rows
+    args = ["--backbone", str(folder), "--dtype", "float32", "--train-limit", "8", "--eval-limit", str(rows),
+            "--set", "max_steps=2", "--set", "batch_size=2", "--set", "eval_batch_size=8", "--log-every", "0",
+            "--out", str(tmp_path / "run"), *extra]
+    if model == "allmrec":
+        titles = pipeline.load_data(model).titles
+        np.save(tmp_path / "t.npy", np.random.default_rng(0).standard_normal((len(titles), 12)).astype(np.float32))
+        args += ["--text-embeddings", str(tmp_path / "t.npy")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "recsys_kernels", "train", model, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test"]["n"] == rows
+    assert [stage["steps"] for stage in results["stages"]] == [2] * len(results["stages"]) and results["stages"]
