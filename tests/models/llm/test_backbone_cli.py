@@ -87,24 +87,11 @@ def test_the_packaged_backbone_and_sentence_encoder_load_when_installed():
 ])
 def test_command_line_trains_and_reloads_every_llm_model(model, extra, saved_backbone, tmp_path, capsys):
     """tallrec and collm on CoLLM's ML-1M split, allmrec on ML-100K candidates (llara: the test above)."""
-    import numpy as np
-
     from recsys_kernels.__main__ import main
-    from recsys_kernels.models.llm import pipeline
 
-    try:
-        data_path = pipeline.default_data_path(model)
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    if data_path is None or not data_path.exists():
-        pytest.skip(f"{data_path} is not in the shared data folder")
     rows = "4" if model == "allmrec" else "64"  # AUC needs both labels among the evaluated rows
-    common = ["--backbone", str(saved_backbone), "--device", "cpu", "--dtype", "float32", "--eval-limit", rows]
-    if model == "allmrec":
-        titles = pipeline.load_data(model).titles
-        emb = tmp_path / "titles.npy"
-        np.save(emb, np.random.default_rng(0).standard_normal((len(titles), 12)).astype(np.float32))
-        common += ["--text-embeddings", str(emb)]
+    common = ["--backbone", str(saved_backbone), "--device", "cpu", "--dtype", "float32", "--eval-limit", rows,
+              *tiny.command_line_setup(model, tmp_path)]
     out = tmp_path / "run"
     assert main(["train", model, *common, "--train-limit", "4", "--out", str(out), "--set", "max_steps=2",
                  "--set", "batch_size=2", "--set", "eval_batch_size=4", "--log-every", "0", *extra]) == 0

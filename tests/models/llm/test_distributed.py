@@ -57,12 +57,7 @@ def test_torchrun_with_two_ranks(model, extra, tmp_path):
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    try:
-        data_path = pipeline.default_data_path(model)
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    if not data_path.exists():
-        pytest.skip(f"{data_path} is not in the shared data folder")
+    setup = tiny.command_line_setup(model, tmp_path)
     folder = tmp_path / "tiny"
     bb = tiny.backbone("llama")
     bb.lm.save_pretrained(folder)
@@ -70,11 +65,7 @@ def test_torchrun_with_two_ranks(model, extra, tmp_path):
     rows = 8 if model == "allmrec" else 64  # AUC needs both labels among the evaluated rows
     args = ["--backbone", str(folder), "--dtype", "float32", "--train-limit", "8", "--eval-limit", str(rows),
             "--set", "max_steps=2", "--set", "batch_size=2", "--set", "eval_batch_size=8", "--log-every", "0",
-            "--out", str(tmp_path / "run"), *extra]
-    if model == "allmrec":
-        titles = pipeline.load_data(model).titles
-        np.save(tmp_path / "t.npy", np.random.default_rng(0).standard_normal((len(titles), 12)).astype(np.float32))
-        args += ["--text-embeddings", str(tmp_path / "t.npy")]
+            "--out", str(tmp_path / "run"), *setup, *extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "recsys_kernels", "train", model, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -107,3 +107,25 @@ def text_embeddings(dim: int = 12, seed: int = 0) -> np.ndarray:
     emb = rng.standard_normal((NUM_ITEMS + 1, dim)).astype(np.float32)
     emb[0] = 0
     return emb
+
+
+def command_line_setup(model: str, folder) -> list[str]:
+    """What a command-line test of ``model`` needs beyond the backbone: skips unless the shared data holds the
+    model's data set; for allmrec, writes random title embeddings (one row per ML-100K title) into ``folder``
+    and returns the ``--text-embeddings`` arguments."""
+    import pytest
+
+    from recsys_kernels.models.llm import pipeline
+
+    try:
+        data_path = pipeline.default_data_path(model)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    if not data_path.exists():
+        pytest.skip(f"{data_path} is not in the shared data folder")
+    if model != "allmrec":
+        return []
+    path = folder / "titles.npy"
+    rows = len(pipeline.load_data(model).titles)
+    np.save(path, np.random.default_rng(0).standard_normal((rows, 12)).astype(np.float32))
+    return ["--text-embeddings", str(path)]
