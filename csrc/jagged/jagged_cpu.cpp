@@ -41,11 +41,9 @@ at::Tensor lengths_to_offsets_cpu(const at::Tensor& lengths) {
 
 at::Tensor jagged_to_padded_dense_cpu(const at::Tensor& values, const at::Tensor& offsets, int64_t max_len,
                                       double padding_value) {
-  check_dim(values, 2, "values", "(L, D)");
   check_cpu(values, "values");
   check_cpu(offsets, "offsets");
-  TORCH_CHECK(max_len >= 0, "max_len must be >= 0, got ", fmt(max_len));
-  const auto o = read_offsets(offsets, values.size(0), "offsets");
+  const auto o = check_jagged_to_padded(values, offsets, max_len);
   const int64_t B = static_cast<int64_t>(o.size()) - 1, D = values.size(1);
   auto out = at::empty({B, max_len, D}, values.options());
   const auto v = values.contiguous();
@@ -66,14 +64,10 @@ at::Tensor jagged_to_padded_dense_cpu(const at::Tensor& values, const at::Tensor
 }
 
 at::Tensor padded_dense_to_jagged_cpu(const at::Tensor& dense, const at::Tensor& offsets, int64_t total_len) {
-  check_dim(dense, 3, "dense", "(B, N, D)");
   check_cpu(dense, "dense");
   check_cpu(offsets, "offsets");
-  TORCH_CHECK(total_len >= 0, "total_len must be >= 0, got ", fmt(total_len));
-  const auto o = read_offsets(offsets, total_len, "offsets");
+  const auto o = check_padded_to_jagged(dense, offsets, total_len);
   const int64_t B = dense.size(0), N = dense.size(1), D = dense.size(2);
-  TORCH_CHECK(static_cast<int64_t>(o.size()) == B + 1, "offsets must have shape (B + 1,) = (", fmt(B + 1),
-              ",) for dense (B, N, D), got ", fmt(shape(offsets.sizes())));
   auto out = at::zeros({total_len, D}, dense.options());
   const auto d = dense.contiguous();
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "padded_dense_to_jagged_cpu", [&] {
