@@ -9,21 +9,21 @@ their backward (fused row-wise Adagrad); DQRM's QAT tables by recsys_kernels.opt
 sparse gradients, with the same ``sparse_lr``.
 
 Quality (CPU, seed 0; ``recsys-kernels train dlrm --data synthetic-ctr --config dlrm-synthetic --device cpu``,
-and the same for dqrm / dqrm-synthetic; about 1 minute each on a free core):
-  DLRM  test AUC 0.8582 (best epoch 7 of 8), planted model 0.8621 on the same rows: 0.0039 below
-  DQRM  test AUC 0.8580 with "row" qparams (0.0002 below DLRM); its to_int4() model gives the same logits bit for
-        bit (AUC 0.8580); "table" qparams (DQRM's per-table scale) reached 0.8561 (0.0021 below DLRM)
-  tables at D = 16: 64 bytes a row in fp32, 16 in INT4 (12 without FBGEMM's 16-byte row padding): 4.0x (5.3x);
-        at D = 128: 6.4x (7.5x) — the 16-byte alignment caps the ratio below 7x for D < 224. At D = 256
-        (``--set embedding_dim=256 --set bottom_mlp=[64,256]``, 7.1x) DQRM stays within 0.0003 of DLRM (test AUC
-        0.8541 vs 0.8544), but DLRM itself overfits this planted dim-4 model there: 0.0077 below the planted AUC
-        (best of lr 3e-4, batch 4096, sparse lr 0.01, sparse weight decay 1e-4 / 3e-4: 0.8547). No one D meets
-        both the 0.005 and the 7x targets in FBGEMM's row format.
+and the same for dqrm / dqrm-synthetic; about 3 minutes each on two cores):
+  DLRM  test AUC 0.8656 (best epoch 3), planted model 0.8689 on the same rows: 0.0033 below
+  DQRM  test AUC 0.8656 with "row" qparams (within 0.0001 of DLRM)
+  tables at D = 256: 1024 bytes a row in fp32, 144 in FBGEMM's INT4 rows (4 bytes of scale and bias, 128 of
+        nibbles, padded to 16 bytes): 7.1x. The 16-byte row alignment caps the ratio below 7x for D < 224 (4.0x at
+        D = 16, 6.4x at D = 128), hence D = 256. At D = 256 the model has ~250k parameters: on 1M rows it
+        overfits (train loss below the planted log-loss; test AUC 0.8544, 0.0077 below planted, and lower sparse
+        lr or more sparse weight decay did not close it), on 4M rows it does not.
+  At D = 16 on 1M rows (``--set embedding_dim=16 --set bottom_mlp=[64,16]`` and ``data_args``): DLRM 0.8582, 0.0039
+        below planted; DQRM 0.8580; "table" qparams (DQRM's per-table scale) 0.8561.
 On synthetic_ctr's defaults (200k rows, 8 tables of 1000 ids) the planted AUC (0.867) was out of reach of every
 model we fitted to the 160k training rows: DLRM 0.782, a logistic regression on one-hot ids and dense features
 (the planted model less its interaction terms) 0.790, a factorization machine of the planted dim 4 at most 0.79
-before overfitting — the gap there is estimation noise, which is why the quality config uses 1M rows of 100-id
-tables (on 400k rows of 100-id tables without interaction terms, that logistic regression came within 0.0015 of
+before overfitting — the gap there is estimation noise, which is why the quality config uses 100-id tables
+(1M rows were enough at D = 16) (on 400k rows of 100-id tables without interaction terms, that logistic regression came within 0.0015 of
 the planted AUC, DLRM within 0.0035). DLRM has no first-order sparse term, so the planted per-id effects must be
 learned through dots with the bottom MLP's output; a low sparse lr matters most (test AUC at 1M rows: sparse lr
 0.03 0.8582, 0.05 0.8577, 0.1 0.8568, 0.3 0.849) and a little l2 (3e-5) helps.
@@ -56,11 +56,12 @@ COMMON = dict(epochs=1, batch_size=128, eval_batch_size=16384, seed=0, lr=1e-3, 
 _KAGGLE = {k: v for k, v in ARCHS["dlrm-criteo-kaggle"].items() if k != "table_sizes"}
 _MLPERF = {k: v for k, v in ARCHS["dlrm-mlperf"].items() if k != "table_sizes"}
 _TINY = {k: v for k, v in ARCHS["dlrm-tiny"].items() if k != "table_sizes"}
-# The quality run (see the module docstring): synthetic_ctr's planted logistic model on 1M rows of 8 tables of
-# 100 ids, Kaggle's D = 16 with small MLPs (the Kaggle MLPs reach the same AUC, 0.8575, 4x slower); tuned on the CPU.
-_SYNTH = dict(COMMON, embedding_dim=16, bottom_mlp=(64, 16), top_mlp=(64, 1), epochs=8, batch_size=1024, lr=1e-3,
+# The quality run (see the module docstring): synthetic_ctr's planted logistic model on 4M rows of 8 tables of
+# 100 ids, D = 256 (the smallest D where FBGEMM's INT4 rows are >= 7x smaller than fp32) with small MLPs; tuned on
+# the CPU. The best validation epoch was 3 of 8 at D = 256, so 4 epochs.
+_SYNTH = dict(COMMON, embedding_dim=256, bottom_mlp=(64, 256), top_mlp=(64, 1), epochs=4, batch_size=1024, lr=1e-3,
               sparse_lr=0.03, sparse_weight_decay=3e-5,
-              data_args=dict(num_samples=1_000_000, table_sizes=(100,) * 8, seed=0))
+              data_args=dict(num_samples=4_000_000, table_sizes=(100,) * 8, seed=0))
 _TINY_RUN = dict(COMMON, **_TINY, epochs=2, batch_size=64, lr=1e-2, sparse_lr=0.05,
                  data_args=dict(num_samples=2000, table_sizes=(50, 40, 30, 20), seed=0))
 
