@@ -24,7 +24,7 @@ namespace {
 
 constexpr int kRows = 8;           // positions per tile
 constexpr int kThreads = 256;      // threads per copy block
-constexpr int kScanThreads = 1024;
+constexpr int kScanThreads = 256;  // 1024 int64 scan threads exceed the register file (launch fails)
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond this
 
 void check_cuda(const at::Tensor& t, const char* name) {
@@ -32,8 +32,9 @@ void check_cuda(const at::Tensor& t, const char* name) {
 }
 
 template <typename index_t>
-__global__ void lengths_to_offsets_kernel(const index_t* __restrict__ lengths, index_t* __restrict__ out,
-                                          int64_t B, unsigned long long* first_negative) {
+__global__ void __launch_bounds__(kScanThreads)
+    lengths_to_offsets_kernel(const index_t* __restrict__ lengths, index_t* __restrict__ out, int64_t B,
+                              unsigned long long* first_negative) {
   using Scan = cub::BlockScan<index_t, kScanThreads>;
   __shared__ typename Scan::TempStorage temp;
   __shared__ index_t carry;
