@@ -9,7 +9,6 @@ and several tables in the lookups, duplicates in the optimizer. Every op is forc
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -53,11 +52,8 @@ def int4() -> None:
     flat, to = ops.concat_int4_tables([packed[:100], ops.quantize_int4_rows(torch.randn(57, 8, device=DEVICE))])
     indices = torch.tensor([1, 99, 0, 5, 56], device=DEVICE)  # table 0: rows < 100, table 1: rows < 57
     offsets = torch.tensor([0, 2, 3, 3, 5], device=DEVICE)    # T = 2 tables x B = 2 bags, one of them empty
-    for staged in ("0", "1"):  # the direct and the shared-memory walk of the CUDA lookup
-        os.environ["RECSYS_KERNELS_INT4_STAGED"] = staged
-        ops.int4_embedding_bag(flat, indices, offsets, D=[34, 8], table_offsets=to, pooling="mean",
-                               output_dtype=torch.bfloat16)
-    os.environ.pop("RECSYS_KERNELS_INT4_STAGED")
+    ops.int4_embedding_bag(flat, indices, offsets, D=[34, 8], table_offsets=to, pooling="mean",
+                           output_dtype=torch.bfloat16)
     w = torch.randn(157, 16, device=DEVICE, requires_grad=True)
     for qparams in ("row", "table"):
         out = ops.qat_embedding_bag(w, indices, offsets, table_offsets=torch.tensor([0, 100, 157], device=DEVICE),

@@ -12,8 +12,9 @@
 // bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
 // "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
 // different D and row counts share the launch (TBE batching) and the table's geometry is computed once a block.
-// (Pending measurement: pool_staged, the same walk with the rows copied through shared memory by cp.async, so
-// that 8-16 rows per thread are in flight.)
+// (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
+// rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
+// 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
 //
 // bounds_check="error": threads flag bad indices / offsets / table_offsets in a device word that the host reads
 // once after the launch; "ignore": no flag and no sync. Either way a bad index is skipped and offsets are
@@ -23,9 +24,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-
-#include "common/ptx.cuh"
 #include "int4_embedding_bag/int4_embedding_bag_cuda.cuh"
 
 namespace recsys {
@@ -33,13 +31,6 @@ namespace int4_cuda {
 namespace {
 
 constexpr int kUnroll = 4;  // rows in flight per thread
-
-// EXPERIMENT, to be measured on the H100 and then either made the only path or removed: the shared-memory
-// staged lookup (pool_staged) runs when RECSYS_KERNELS_INT4_STAGED=1 (read at every call, so a test can flip it).
-bool staged_lookup() {
-  const char* v = std::getenv("RECSYS_KERNELS_INT4_STAGED");
-  return v != nullptr && v[0] == '1';
-}
 
 // Table t of the block: the largest t with block_start[t] <= blockIdx.x.
 __device__ __forceinline__ int block_table(const TableParams& tp) {
@@ -116,60 +107,7 @@ __device__ __forceinline__ void pool_direct(const RowSource& src, const index_t*
   }
 }
 
-// Rows [start, stop) of the bag through shared memory: kStage rows at a time are copied with cp.async into this
-// thread's own slots (no registers held while they are in flight), two stages deep, so up to 2 kStage rows per
-// thread are in flight instead of kUnroll. Each thread reads only the slots it filled itself, so no barrier is
-// needed; the rows are added in the same order with the same expressions as pool_direct.
-constexpr int kStage = 8;
-constexpr int kStagedSmem = 2 * kStage * kThreads * (16 + 4);  // bytes: the units, then the scale/bias words
-
-template <typename index_t>
-__device__ __forceinline__ void pool_staged(const RowSource& src, const index_t* __restrict__ indices,
-                                            const float* __restrict__ psw, int64_t start, int64_t stop,
-                                            float (&acc)[32], int& bad) {
-  extern __shared__ uint4 staged_units[];  // [2][kStage][kThreads]
-  uint32_t* staged_sb = reinterpret_cast<uint32_t*>(staged_units + 2 * kStage * kThreads);
-  const bool weighted = psw != nullptr;
-  const int tid = threadIdx.x;
-  // Copies rows [p0, p0 + kStage) into buffer buf; returns the bit mask of the valid ones.
-  const auto issue = [&](int buf, int64_t p0) {
-    uint32_t ok_mask = 0;
-#pragma unroll
-    for (int u = 0; u < kStage; ++u) {
-      const int64_t p = p0 + u;
-      const uint8_t* row;
-      const bool ok = p < stop && src.locate(static_cast<int64_t>(indices[p]), row);
-      if (p < stop && !ok) bad |= kBadIndex;
-      if (ok) {
-        const int slot = (buf * kStage + u) * kThreads + tid;
-        cp_async<16>(staged_units + slot, row + 16 * src.c, true);
-        if (src.c != 0) cp_async<4>(staged_sb + slot, row, true);
-        ok_mask |= 1u << u;
-      }
-    }
-    cp_async_commit();
-    return ok_mask;
-  };
-  uint32_t ok_now = issue(0, start);
-  int buf = 0;
-  for (int64_t p0 = start; p0 < stop; p0 += kStage) {
-    const uint32_t ok_next = issue(buf ^ 1, p0 + kStage);  // an empty group past the bag's end
-    cp_async_wait<1>();                                      // this stage's copies have landed
-#pragma unroll
-    for (int u = 0; u < kStage; ++u) {
-      if (ok_now & (1u << u)) {
-        const int slot = (buf * kStage + u) * kThreads + tid;
-        const uint4 data = staged_units[slot];
-        add_unit(acc, data, src.c == 0 ? data.x : staged_sb[slot], src.c, weighted ? psw[p0 + u] : 1.f, weighted);
-      }
-    }
-    ok_now = ok_next;
-    buf ^= 1;
-  }
-  cp_async_wait<0>();
-}
-
-template <typename index_t, typename offset_t, typename out_t, bool STAGED>
+template <typename index_t, typename offset_t, typename out_t>
 __global__ void __launch_bounds__(kThreads)
     int4_bag_kernel(const uint8_t* __restrict__ packed, int64_t total_bytes, const index_t* __restrict__ indices,
                     const offset_t* __restrict__ offsets, const int64_t* __restrict__ table_offsets,
@@ -212,11 +150,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.f;
   const RowSource src{packed, total_bytes, base, rows, rb, c};
-  if constexpr (STAGED) {
-    pool_staged(src, indices, psw, start, stop, acc, bad);
-  } else {
-    pool_direct(src, indices, psw, start, stop, acc, bad);
-  }
+  pool_direct(src, indices, psw, start, stop, acc, bad);
   if (mean && stop > start) {
     const float len = static_cast<float>(stop - start);
 #pragma unroll
@@ -367,13 +301,7 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
       using off_t = index_t;
       const auto launch = [&](auto out_tag) {
         using out_t = decltype(out_tag);
-        const bool staged = staged_lookup();
-        auto* kernel = staged ? &int4_bag_kernel<idx_t, off_t, out_t, true>
-                              : &int4_bag_kernel<idx_t, off_t, out_t, false>;
-        const int smem = staged ? kStagedSmem : 0;
-        // Per launch, not once: the attribute belongs to the current device.
-        if (staged) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        kernel<<<blocks, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+        int4_bag_kernel<idx_t, off_t, out_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             packed.const_data_ptr<uint8_t>(), packed.numel(), idx.const_data_ptr<idx_t>(),
             off.const_data_ptr<off_t>(), table_offsets ? to.const_data_ptr<int64_t>() : nullptr,
             per_sample_weights ? psw.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<out_t>(),

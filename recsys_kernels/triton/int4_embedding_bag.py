@@ -25,7 +25,6 @@ implementation); divisions use div_rn so scales match the C++ kernels bit for bi
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -302,15 +301,10 @@ def dequantize_int4_rows_triton(packed: torch.Tensor, D: int, dtype: torch.dtype
 def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
     """(BLOCK_L, WORDS, num_warps): rows per step and 32-bit words per row tile (a power of two >= row_bytes/4).
     Tiles of at most 2048 codes; one row a step when bags hold about one row (Criteo L = 1). Two buckets only,
-    so few compiled variants (untuned: a starting point for the H100 measurements)."""
+    so few compiled variants (a BLOCK_L x num_warps sweep on the H100 was planned and not run)."""
     words = _next_pow2(max_row_bytes // 4)
     block_l = 1 if avg_len < 1.5 else max(1, min(8, 2048 // (words * 8)))
     num_warps = 4 if words * 8 * block_l >= 2048 else 2
-    # EXPERIMENT, to be swept on the H100 and then hard-coded: RECSYS_KERNELS_INT4_TRITON_TILE="BLOCK_L,num_warps"
-    # overrides the choice for bags of more than one row (the QAT kernel follows, so both stay bit-identical).
-    override = os.environ.get("RECSYS_KERNELS_INT4_TRITON_TILE")
-    if override and avg_len >= 1.5:
-        block_l, num_warps = (int(x) for x in override.split(","))
     return block_l, words, num_warps
 
 

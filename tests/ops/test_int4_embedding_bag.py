@@ -4,7 +4,6 @@ bytes and round-trip bound, opcheck, compile, export of the reference, bounds ch
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -122,26 +121,6 @@ def test_forward_matches_float64(device, backend, case: BagCase):
     same = ref.int4_embedding_bag(*args, case.output_dtype)
     assert out.device.type == device and out.dtype == case.output_dtype
     assert_close_to_reference(out, exact, same, "pooled")
-
-
-@pytest.mark.gpu
-@given(case=bag_cases())
-def test_cuda_staged_walk_is_bit_identical_to_the_direct_walk(case: BagCase):
-    """The experimental shared-memory walk (RECSYS_KERNELS_INT4_STAGED=1) adds the same rows in the same order."""
-    require_backend(OP, "cuda", "cuda")
-    packed, bags = case.packed("cuda"), case.bags("cuda")
-    saved = os.environ.get("RECSYS_KERNELS_INT4_STAGED")  # by hand: a function fixture trips @given's check
-    try:
-        os.environ["RECSYS_KERNELS_INT4_STAGED"] = "0"
-        direct = run_bag("cuda", packed, bags["indices"], bags["offsets"], **case.kwargs("cuda"))
-        os.environ["RECSYS_KERNELS_INT4_STAGED"] = "1"
-        staged = run_bag("cuda", packed, bags["indices"], bags["offsets"], **case.kwargs("cuda"))
-    finally:
-        if saved is None:
-            del os.environ["RECSYS_KERNELS_INT4_STAGED"]
-        else:
-            os.environ["RECSYS_KERNELS_INT4_STAGED"] = saved
-    assert torch.equal(staged, direct)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
