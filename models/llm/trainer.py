@@ -152,16 +152,17 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
         # find_unused_parameters: a text-only curriculum batch never touches the projector.
         runner = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
-    # ``plan["total"]`` may shrink once to what the time budget allows, so the cosine decay still ends at 0
-    # and the curriculum still reaches 1 within the budget.
+    # ``plan["total"]`` shrinks to what the time budget allows, so the cosine decay still ends at 0 and the
+    # curriculum still reaches 1 within the budget. It is re-fitted at steps 8, 16, 32, ... from the recent pace:
+    # the first steps of a run are slow (new prompt shapes, allocator and kernel warm-up), and one early estimate
+    # cut a GPU run to 240 steps that then took 22 of its 39 s.
     plan = {"total": stage.total_steps(ctx.world)}
     warm = max(1, min(stage.warmup_steps, plan["total"] // 10 or 1))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.999 * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / plan["total"]))) + 1e-3)
     model.train()
     result = StageResult(stage.name, 0, 0.0)
-    start = time.perf_counter()
-    after_first = start
+    start = mark = time.perf_counter()
     indices = _step_indices(stage, ctx)
     step = 0
     while step < plan["total"]:
@@ -187,11 +188,14 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
         if log_every and ctx.is_main and step % log_every == 0:
             log(f"[{stage.name}] step {step}/{plan['total']} loss {np.mean(result.losses[-log_every:]):.4f} "
                 f"({time.perf_counter() - start:.0f} s)")
-        if step == 1:
-            after_first = time.perf_counter()  # the first step pays for allocation and kernel warm-up
         if time_budget_s is not None:
-            if step == _FIT_AFTER:
-                plan["total"] = min(plan["total"], _fit_steps(step, start, after_first, time_budget_s, ctx, device))
+            if step & (step - 1) == 0:  # steps 1, 2, 4, 8, ...
+                now = time.perf_counter()
+                if _FIT_AFTER <= step < plan["total"]:
+                    pace = (now - mark) / (step // 2)  # of steps step/2 + 1 .. step: past the slow first ones
+                    plan["total"] = min(stage.total_steps(ctx.world),
+                                        _fit_steps(step, start, pace, time_budget_s, ctx, device))
+                mark = now
             if _out_of_time(start, time_budget_s, ctx, device):
                 result.stopped_by_budget = step < plan["total"]
                 break
@@ -205,11 +209,10 @@ def run_stage(model: torch.nn.Module, stage: Stage, device: torch.device, ctx: D
 _FIT_AFTER = 8
 
 
-def _fit_steps(step: int, start: float, after_first: float, budget: float, ctx: DistContext,
+def _fit_steps(step: int, start: float, pace: float, budget: float, ctx: DistContext,
                device: torch.device) -> int:
-    """Steps that fit the budget at the pace of steps 2..``step`` (rank 0's estimate, shared)."""
+    """Steps that fit the budget at ``pace`` seconds a step (rank 0's estimate, shared)."""
     now = time.perf_counter()
-    pace = (now - after_first) / max(1, step - 1)
     fit = torch.tensor([step + int(max(0.0, budget - (now - start)) / max(pace, 1e-6))], device=device)
     if ctx.active:
         torch.distributed.broadcast(fit, src=0)

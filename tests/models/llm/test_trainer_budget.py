@@ -53,6 +53,21 @@ def test_time_budget_shrinks_the_plan():
     assert 8 <= result.steps < 100 and result.seconds < 1.5
 
 
+class _WarmingUp(_Slow):
+    """Slow first steps (warm-up on a GPU), fast after them."""
+
+    def forward(self, batch: _Batch) -> torch.Tensor:
+        self.calls = getattr(self, "calls", 0) + 1
+        self.pause = 0.05 if self.calls <= 8 else 0.002
+        return super().forward(batch)
+
+
+def test_time_budget_is_refitted_after_slow_first_steps():
+    # Fitted once from steps 2..8, the plan would be 8 + 0.6 s / 0.05 s = 20 steps, done in ~0.45 s of the 1 s.
+    result = run_stage(_WarmingUp(), _stage(epochs=1000.0), torch.device("cpu"), time_budget_s=1.0)
+    assert result.steps > 40 and 0.7 <= result.seconds < 2.0
+
+
 def test_max_steps_zero_skips_the_stage():
     model = _Slow()
     result = run_stage(model, _stage(max_steps=0), torch.device("cpu"), time_budget_s=1.0)
