@@ -25,7 +25,6 @@ implementation); divisions use div_rn so scales match the C++ kernels bit for bi
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
