@@ -84,3 +84,13 @@ def test_demo_quick(capsys):
     assert main(["demo", "--quick", "--device", "cpu", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "popularity" in text and "HSTU" in text and "HR@10" in text
+
+
+def test_every_task_module_imports():
+    """load_all() keeps the CLI alive past a broken module (its models just go missing), so a module that stops
+    importing — e.g. a config dict built with a key given twice — must fail here."""
+    from recsys_kernels.train import registry
+
+    registry.load_all()
+    assert registry.IMPORT_ERRORS == {}
+    assert {"hstu-beauty-fast", "sasrec-beauty-fast", "pmf-ml-100k-fast", "dlrm-synthetic"} <= set(registry.CONFIGS)

@@ -51,9 +51,9 @@ CONFIGS: dict[str, dict[str, dict]] = {
                                   num_buckets=0),
     },
     "sasrec": {
-        "sasrec-beauty-fast": dict(SEQ["sasrec"]["sasrec-beauty"], **_FAST, **_SSM, batch_size=256, lr=1e-3,
-                                   embedding_dim=64, ffn_dim=64, num_blocks=2, num_heads=1, dropout=0.5,
-                                   num_negatives=2048),
+        "sasrec-beauty-fast": dict(SEQ["sasrec"]["sasrec-beauty"], **_FAST, **dict(_SSM, num_negatives=2048),
+                                   batch_size=256, lr=1e-3, embedding_dim=64, ffn_dim=64, num_blocks=2, num_heads=1,
+                                   dropout=0.5),
         "sasrec-ml-100k-fast": dict(SEQ["sasrec"]["sasrec-ml-1m"], **_FAST),
     },
     "bert4rec": {
