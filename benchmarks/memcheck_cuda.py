@@ -9,7 +9,6 @@ and several tables in the lookups, duplicates in the optimizer. Every op is forc
 
 from __future__ import annotations
 
-
 import torch
 
 import recsys_kernels as rk

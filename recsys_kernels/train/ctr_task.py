@@ -24,9 +24,9 @@ model we fitted to the 160k training rows: DLRM 0.782, a logistic regression on 
 (the planted model less its interaction terms) 0.790, a factorization machine of the planted dim 4 at most 0.79
 before overfitting — the gap there is estimation noise, which is why the quality config uses 100-id tables (1M
 rows were enough at D = 16; on 400k rows of 100-id tables without interaction terms, that logistic regression came
-within 0.0015 of the planted AUC, DLRM within 0.0035). DLRM has no first-order sparse term, so the planted per-id effects must be
-learned through dots with the bottom MLP's output; a low sparse lr matters most (test AUC at 1M rows: sparse lr
-0.03 0.8582, 0.05 0.8577, 0.1 0.8568, 0.3 0.849) and a little l2 (3e-5) helps.
+within 0.0015 of the planted AUC, DLRM within 0.0035). DLRM has no first-order sparse term, so the planted per-id
+effects must be learned through dots with the bottom MLP's output; a low sparse lr matters most (test AUC at 1M
+rows: sparse lr 0.03 0.8582, 0.05 0.8577, 0.1 0.8568, 0.3 0.849) and a little l2 (3e-5) helps.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ bytes and round-trip bound, opcheck, compile, export of the reference, bounds ch
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import given, settings
