@@ -50,16 +50,6 @@ __device__ __forceinline__ uint4 load_vec16(const S* p) {
   }
 }
 
-// ---- PTX wrappers ----
-
-// 16-byte global -> shared copy that bypasses registers and L1; with valid == false it writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
 __device__ __forceinline__ void zero_smem(void* p, int bytes) {  // bytes: a multiple of 16
   uint4* q = reinterpret_cast<uint4*>(p);
   for (int i = threadIdx.x; i < bytes / 16; i += blockDim.x) q[i] = make_uint4(0, 0, 0, 0);
@@ -141,7 +131,7 @@ __device__ __forceinline__ void load_T(T* sT, int ld, const T* __restrict__ dens
     for (int v = lp.lcol; v < per_row; v += 32) {
       if constexpr (kVec) {
         const int col = c0 + v * VEC;
-        cp_async16(dst + v * VEC, src + (col < D ? col : 0), col < D);
+        cp_async<16>(dst + v * VEC, src + (col < D ? col : 0), col < D);
       } else {
         const int col = c0 + v;
         dst[v] = col < D ? src[col] : from_f<T>(0.0f);
@@ -291,7 +281,7 @@ __device__ __forceinline__ void load_go(T* gst, const T* go_row, int cols) {
   const uintptr_t a1 = reinterpret_cast<uintptr_t>(go_row + cols);
   const int pieces = static_cast<int>((a1 - a0 + 15) / 16);
   for (int i = threadIdx.x; i < pieces; i += blockDim.x)
-    cp_async16(gst + i * (16 / sizeof(T)), reinterpret_cast<const void*>(a0 + 16 * i), true);
+    cp_async<16>(gst + i * (16 / sizeof(T)), reinterpret_cast<const void*>(a0 + 16 * i), true);
 }
 
 // G[r][c] = G[c][r] = grad of pair (r, c) (2x on the diagonal), from the staged row. Only kept pairs are
