@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from recsys_kernels import nn as rknn
 from recsys_kernels import ops
 
-from .sequence_common import ItemTable, SequenceBatch, SequentialModel, jagged_positions, padding_column_to_neg_inf
+from .sequence_common import ItemTable, SequenceBatch, SequentialModel, padding_column_to_neg_inf
 from .sequence_losses import negative_logits_by_id, sample_negatives, sampled_softmax_from_logits, sampled_softmax_loss
 
 __all__ = ["HSTU", "HSTUBlock"]
@@ -89,13 +89,13 @@ class HSTU(SequentialModel):
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         offsets = ops.lengths_to_offsets(batch.lengths)
-        L = batch.total_len
-        ids = ops.padded_dense_to_jagged(batch.items.unsqueeze(-1), offsets, L)[:, 0]
-        if batch.timestamps is not None:
-            ts = ops.padded_dense_to_jagged(batch.timestamps.unsqueeze(-1), offsets, L)[:, 0]
-        else:
-            ts = torch.zeros(L, dtype=torch.int64, device=ids.device)
-        pos = jagged_positions(batch, offsets)
+        B, N = batch.items.shape
+        # ids, timestamps and positions go to the jagged layout in one copy: each copy reads the offsets on
+        # the host (a device sync on CUDA), so one instead of three
+        positions = torch.arange(N, device=batch.items.device, dtype=torch.int64).expand(B, N)
+        ts_dense = batch.timestamps if batch.timestamps is not None else torch.zeros_like(batch.items)
+        columns = torch.stack([batch.items, ts_dense.to(torch.int64), positions], dim=-1)  # (B, N, 3)
+        ids, ts, pos = ops.padded_dense_to_jagged(columns, offsets, batch.total_len).t().contiguous()  # (L,) each
         x = self.items(ids) * math.sqrt(self.dim) + self.positions.index_select(0, pos)
         x = self.input_dropout(x)
         for block in self.blocks:

@@ -15,9 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from recsys_kernels import ops
-
-__all__ = ["ItemTable", "SequenceBatch", "SequentialModel", "jagged_positions"]
+__all__ = ["ItemTable", "SequenceBatch", "SequentialModel"]
 
 
 @dataclass
@@ -51,13 +49,6 @@ class SequenceBatch:
             value = getattr(self, f.name)
             moved[f.name] = value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
         return SequenceBatch(**moved)
-
-
-def jagged_positions(batch: SequenceBatch, offsets: torch.Tensor) -> torch.Tensor:
-    """(L,) int64 position of every jagged row inside its sequence (0 for each sequence's first item)."""
-    B, N = batch.items.shape
-    pos = torch.arange(N, device=batch.items.device, dtype=torch.int64).expand(B, N)
-    return ops.padded_dense_to_jagged(pos.unsqueeze(-1), offsets, batch.total_len)[:, 0]
 
 
 class ItemTable(torch.nn.Module):

@@ -5,7 +5,10 @@
 // 1. prepare: one thread per occurrence p computes its row (fused: table_offsets[t] + indices[p], with p's bag
 //    found by binary search in offsets) and validates indices, offsets and table_offsets into an error word;
 // 2. a cub radix sort of (row, p) over only the bits a row needs groups the occurrences by row, positions
-//    ascending inside a row (the sort is stable); one host sync reads the error word before anything is written;
+//    ascending inside a row (the sort is stable); the error word goes to pinned host memory right after the
+//    prepare kernel, and the host waits for that copy only (an event), so the sort and the update kernels are
+//    already queued: the GPU never idles while the host reads the word. The update kernels return at once when
+//    the word is set, so bad input writes nothing, and the host then raises;
 // 3. the sorted occurrences are cut into chunks of 32; a *piece* is a row's run inside one chunk. One warp per
 //    piece: each lane fetches one occurrence's position (and bag, scale) with a coalesced load, then the warp
 //    walks them in order, summing gradient rows with vector loads (fused: grad_output[sample, table slice],
@@ -237,7 +240,9 @@ __global__ void prepare_fused_kernel(const index_t* __restrict__ indices, const 
 template <typename K, typename W, typename G, int VEC, int NV>
 __global__ void __launch_bounds__(kWarps * 32)
     chunk_kernel(const K* __restrict__ rows, const int32_t* __restrict__ pos, int64_t N, int64_t D, GradView gv,
-                 W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h) {
+                 W* __restrict__ weight, float* __restrict__ momentum, float* __restrict__ partial, DeviceHyper h,
+                 const int* __restrict__ err) {
+  if (*err != 0) return;  // bad input: nothing is written
   const int lane = threadIdx.x & 31;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t first = c * kChunk;
@@ -346,7 +351,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <typename K, typename W, int VEC, int NV>
 __global__ void __launch_bounds__(kWarps * 32)
     finish_kernel(const K* __restrict__ rows, int64_t N, int64_t num_chunks, int64_t D, W* __restrict__ weight,
-                  float* __restrict__ momentum, const float* __restrict__ partial, DeviceHyper h) {
+                  float* __restrict__ momentum, const float* __restrict__ partial, DeviceHyper h,
+                  const int* __restrict__ err) {
+  if (*err != 0) return;  // bad input: nothing is written
   const int lane = threadIdx.x & 31;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (c >= num_chunks) return;
@@ -403,40 +410,62 @@ bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(
 
 template <typename K, typename W, typename G, int VEC, int NV>
 void launch_pieces(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int64_t D, const GradView& gv,
-                   at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h) {
+                   at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h,
+                   const int* err) {
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t num_chunks = (N + kChunk - 1) / kChunk;
   const auto blocks = static_cast<unsigned>((num_chunks + kWarps - 1) / kWarps);
   chunk_kernel<K, W, G, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
       rows.const_data_ptr<K>(), pos.const_data_ptr<int32_t>(), N, D, gv, weight.mutable_data_ptr<W>(),
-      momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h);
+      momentum.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(), h, err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   finish_kernel<K, W, VEC, NV><<<blocks, kWarps * 32, 0, stream>>>(
       rows.const_data_ptr<K>(), N, num_chunks, D, weight.mutable_data_ptr<W>(), momentum.mutable_data_ptr<float>(),
-      partial.const_data_ptr<float>(), h);
+      partial.const_data_ptr<float>(), h, err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename K, typename W, typename G>
 void launch_typed(const at::Tensor& rows, const at::Tensor& pos, int64_t N, int64_t D, const GradView& gv,
-                  at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h) {
+                  at::Tensor& weight, at::Tensor& momentum, at::Tensor& partial, const DeviceHyper& h,
+                  const int* err) {
   const bool vec4 = D % 4 == 0 && gv.ld % 4 == 0 && aligned(weight.const_data_ptr(), 4 * sizeof(W)) &&
                     aligned(gv.grad, 4 * sizeof(G));
   if (vec4) {
-    if (D <= 128) launch_pieces<K, W, G, 4, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else if (D <= 256) launch_pieces<K, W, G, 4, 2>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else if (D <= 512) launch_pieces<K, W, G, 4, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else launch_pieces<K, W, G, 4, 8>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    if (D <= 128) launch_pieces<K, W, G, 4, 1>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    else if (D <= 256) launch_pieces<K, W, G, 4, 2>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    else if (D <= 512) launch_pieces<K, W, G, 4, 4>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    else launch_pieces<K, W, G, 4, 8>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
   } else {
-    if (D <= 32) launch_pieces<K, W, G, 1, 1>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else if (D <= 128) launch_pieces<K, W, G, 1, 4>(rows, pos, N, D, gv, weight, momentum, partial, h);
-    else launch_pieces<K, W, G, 1, 32>(rows, pos, N, D, gv, weight, momentum, partial, h);
+    if (D <= 32) launch_pieces<K, W, G, 1, 1>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    else if (D <= 128) launch_pieces<K, W, G, 1, 4>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
+    else launch_pieces<K, W, G, 1, 32>(rows, pos, N, D, gv, weight, momentum, partial, h, err);
   }
 }
 
-// The error word of the prepare kernel: the one host sync. It is read after the sort has been queued (the
-// prepare kernel clamps bad rows to 0, so the sort is safe on any input) and before anything is written.
-int read_error(const at::Tensor& err) { return err.item<int>(); }
+// The prepare kernel's error word, on its way to the host: copied to pinned memory right after the prepare
+// kernel, with an event behind the copy. wait() blocks until that copy is done (not the sort or the update
+// queued after it) and returns the word.
+class ErrorWord {
+ public:
+  explicit ErrorWord(const at::Tensor& err)
+      : host_(at::empty({1}, at::TensorOptions().dtype(at::kInt).pinned_memory(true))) {
+    host_.copy_(err, /*non_blocking=*/true);
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventRecord(copied_, c10::cuda::getCurrentCUDAStream()));
+  }
+  ErrorWord(const ErrorWord&) = delete;
+  ErrorWord& operator=(const ErrorWord&) = delete;
+  ~ErrorWord() { cudaEventDestroy(copied_); }
+  int wait() {
+    C10_CUDA_CHECK(cudaEventSynchronize(copied_));
+    return *host_.const_data_ptr<int>();
+  }
+
+ private:
+  at::Tensor host_;
+  cudaEvent_t copied_ = nullptr;
+};
 
 // The keys, positions and error word the prepare kernels fill, keys 32-bit whenever rows fit.
 struct Prepared {
@@ -448,12 +477,14 @@ struct Prepared {
   RowKeys row_keys() { return {keys.mutable_data_ptr(), keys.scalar_type() == at::kLong}; }
 };
 
-// Sorts the (row, position) pairs by row (stable; only the bits a row needs), reads the error word (raise(e)
-// throws when it is set), then sums each row's occurrences and updates the row.
+// Sorts the (row, position) pairs by row (stable; only the bits a row needs) and queues the update kernels,
+// which sum each row's occurrences and update the row unless the error word is set; then waits for the word
+// (raise(e) throws when it is set).
 template <typename K, typename Raise>
 void sort_and_update_as(at::Tensor& weight, at::Tensor& momentum, Prepared& prep, const GradView& gv,
                         at::ScalarType grad_dtype, const RowwiseAdagradHyper& hyper, Raise&& raise) {
   const int64_t N = prep.keys.numel(), E = weight.size(0), D = weight.size(1);
+  ErrorWord error(prep.err);
   auto rows_sorted = at::empty_like(prep.keys);
   auto pos_sorted = at::empty_like(prep.pos);
   if (N > 0) {
@@ -461,21 +492,21 @@ void sort_and_update_as(at::Tensor& weight, at::Tensor& momentum, Prepared& prep
     at::cuda::cub::radix_sort_pairs<K, int32_t>(prep.keys.const_data_ptr<K>(), rows_sorted.mutable_data_ptr<K>(),
                                                 prep.pos.const_data_ptr<int32_t>(),
                                                 pos_sorted.mutable_data_ptr<int32_t>(), N, false, 0, end_bit);
+    const DeviceHyper h = device_hyper(hyper);
+    const int* err = prep.err.const_data_ptr<int>();
+    auto partial = at::empty({(N + kChunk - 1) / kChunk * 2, D}, weight.options().dtype(at::kFloat));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "rowwise_adagrad_cuda", [&] {
+      if constexpr (std::is_same_v<scalar_t, double>) {
+        TORCH_CHECK(false, "weight: the CUDA rowwise_adagrad kernel takes float32, float16 or bfloat16, got float64");
+      } else {
+        if (grad_dtype == weight.scalar_type())
+          launch_typed<K, scalar_t, scalar_t>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h, err);
+        else
+          launch_typed<K, scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h, err);
+      }
+    });
   }
-  if (const int e = read_error(prep.err); e != 0) raise(e);
-  if (N == 0) return;
-  const DeviceHyper h = device_hyper(hyper);
-  auto partial = at::empty({(N + kChunk - 1) / kChunk * 2, D}, weight.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "rowwise_adagrad_cuda", [&] {
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      TORCH_CHECK(false, "weight: the CUDA rowwise_adagrad kernel takes float32, float16 or bfloat16, got float64");
-    } else {
-      if (grad_dtype == weight.scalar_type())
-        launch_typed<K, scalar_t, scalar_t>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
-      else
-        launch_typed<K, scalar_t, float>(rows_sorted, pos_sorted, N, D, gv, weight, momentum, partial, h);
-    }
-  });
+  if (const int e = error.wait(); e != 0) raise(e);
 }
 
 template <typename Raise>
