@@ -29,6 +29,8 @@ class SequenceBatch:
     timestamps:  (B, N) int64 aligned with items, or None when the data has none.
     label_index: (M,) int64 jagged positions that carry a training label, or None (evaluation).
     labels:      (M,) int64 item id to predict at each of those positions, or None.
+    host_offsets: (B + 1,) int64 jagged offsets [0, cumsum(lengths)] that stay on the CPU (``to`` leaves them
+                 there), or None: the jagged ops read CPU offsets without a device sync.
     """
 
     items: torch.Tensor
@@ -38,6 +40,7 @@ class SequenceBatch:
     timestamps: torch.Tensor | None = None
     label_index: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    host_offsets: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -47,7 +50,8 @@ class SequenceBatch:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            on_device = isinstance(value, torch.Tensor) and f.name != "host_offsets"
+            moved[f.name] = value.to(device, non_blocking=True) if on_device else value
         return SequenceBatch(**moved)
 
 

@@ -18,6 +18,7 @@ import time
 import warnings
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import recsys_kernels
@@ -59,7 +60,8 @@ def profile_backend(step, batches, steps: int, device: torch.device, top: int) -
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     events = prof.key_averages()
-    busy = sum(e.self_device_time_total for e in events) / steps / 1e3
+    # kernels and copies only: an op's own row repeats the time of the kernels it launched
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / steps / 1e3
     print(f"  wall {wall:.3f} ms/step, device busy {busy:.3f} ms/step, host syncs/step "
           f"{count_syncs(step, batches[0], device)}")
     if device.type == "cuda":

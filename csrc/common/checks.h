@@ -41,6 +41,20 @@ inline void check_same_device(const at::Tensor& a, const char* an, const at::Ten
               " and ", b.device());
 }
 
+// Index tensors (offsets, num_targets) may sit on the CPU next to values on a device: the ops then read them on
+// the host without a device sync, and copy them up themselves (index_on).
+inline void check_device_or_cpu(const at::Tensor& values, const char* vn, const at::Tensor& idx, const char* in) {
+  TORCH_CHECK(idx.device() == values.device() || idx.device().is_cpu(), in, " must be on ", vn, "'s device (",
+              fmt(values.device().str()), ") or on the CPU, got ", fmt(idx.device().str()));
+}
+
+// idx on ``device``: itself (contiguous) when already there, else copied up through pinned memory without
+// blocking the host (a copy from pageable memory could wait for the stream).
+inline at::Tensor index_on(const at::Tensor& idx, const at::Device& device) {
+  if (idx.device() == device) return idx.contiguous();
+  return idx.contiguous().pin_memory().to(device, /*non_blocking=*/true);
+}
+
 inline void check_same_dtype(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), an, " and ", bn, " must have the same dtype, got ",
               a.scalar_type(), " and ", b.scalar_type());

@@ -550,12 +550,13 @@ Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor for the CUDA kernel, got device ", fmt(q.device().str()));
   check_device(q, k, "k");
   check_device(q, v, "v");
-  check_device(q, seq_offsets, "seq_offsets");
-  if (num_targets.has_value()) check_device(q, *num_targets, "num_targets");
+  check_device_or_cpu(q, "q", seq_offsets, "seq_offsets");  // on the CPU: read without a device sync
+  if (num_targets.has_value()) check_device_or_cpu(q, "q", *num_targets, "num_targets");
   if (timestamps.has_value()) check_device(q, *timestamps, "timestamps");
   if (pos_bias.has_value()) check_device(q, *pos_bias, "pos_bias");
   if (time_bias.has_value()) check_device(q, *time_bias, "time_bias");
-  // The value checks need seq_offsets and num_targets on the host (one device-to-host copy each).
+  // The value checks need seq_offsets and num_targets on the host (one device-to-host copy each, a sync, unless
+  // the caller passed them on the CPU).
   const at::Tensor offsets_cpu = seq_offsets.to(at::kCPU);
   const std::optional<at::Tensor> targets_cpu =
       num_targets.has_value() ? std::optional<at::Tensor>(num_targets->to(at::kCPU)) : std::nullopt;
@@ -571,8 +572,8 @@ Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   TORCH_CHECK(!time_bias.has_value() || time_bias->size(0) <= (int64_t{1} << 30),
               "time_bias: at most 2^30 buckets for the CUDA kernel, got ", fmt(time_bias->size(0)));
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  in.offsets = seq_offsets.to(at::kLong).contiguous();
-  if (num_targets.has_value()) in.num_targets = num_targets->to(at::kInt).contiguous();
+  in.offsets = index_on(seq_offsets.to(at::kLong), q.device());
+  if (num_targets.has_value()) in.num_targets = index_on(num_targets->to(at::kInt), q.device());
   if (time_bias.has_value()) {
     in.ts = timestamps->to(at::kLong).contiguous();
     in.tb = time_bias->to(acc).contiguous();

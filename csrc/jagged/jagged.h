@@ -32,12 +32,13 @@ inline std::vector<int64_t> read_offsets(const at::Tensor& offsets, int64_t tota
   return o;
 }
 
-// Checks shared by the CPU and CUDA kernels of the two copies (offsets read on the host: a sync on CUDA).
+// Checks shared by the CPU and CUDA kernels of the two copies (offsets read on the host: a sync on CUDA unless
+// the caller passes them on the CPU).
 // jagged_to_padded_dense: values (L, D), max_len >= 0 -> the offsets' values.
 inline std::vector<int64_t> check_jagged_to_padded(const at::Tensor& values, const at::Tensor& offsets,
                                                    int64_t max_len) {
   check_dim(values, 2, "values", "(L, D)");
-  check_same_device(values, "values", offsets, "offsets");
+  check_device_or_cpu(values, "values", offsets, "offsets");
   TORCH_CHECK(max_len >= 0, "max_len must be >= 0, got ", fmt(max_len));
   return read_offsets(offsets.cpu(), values.size(0), "offsets");
 }
@@ -46,7 +47,7 @@ inline std::vector<int64_t> check_jagged_to_padded(const at::Tensor& values, con
 inline std::vector<int64_t> check_padded_to_jagged(const at::Tensor& dense, const at::Tensor& offsets,
                                                    int64_t total_len) {
   check_dim(dense, 3, "dense", "(B, N, D)");
-  check_same_device(dense, "dense", offsets, "offsets");
+  check_device_or_cpu(dense, "dense", offsets, "offsets");
   TORCH_CHECK(total_len >= 0, "total_len must be >= 0, got ", fmt(total_len));
   auto o = read_offsets(offsets.cpu(), total_len, "offsets");
   TORCH_CHECK(static_cast<int64_t>(o.size()) == dense.size(0) + 1, "offsets must have shape (B + 1,) = (",

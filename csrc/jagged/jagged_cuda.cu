@@ -123,7 +123,7 @@ at::Tensor jagged_to_padded_dense_cuda(const at::Tensor& values, const at::Tenso
   auto out = at::empty({B, max_len, D}, values.options());
   if (out.numel() == 0) return out;
   const auto v = values.contiguous();
-  const auto off = offsets.contiguous();
+  const auto off = index_on(offsets, values.device());
   const int64_t tiles = (max_len + kRows - 1) / kRows;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "jagged_to_padded_dense_cuda", [&] {
@@ -146,7 +146,7 @@ at::Tensor padded_dense_to_jagged_cuda(const at::Tensor& dense, const at::Tensor
   const int64_t tiles = (N + kRows - 1) / kRows;
   if (out.numel() == 0 || B * tiles == 0) return out;
   const auto d = dense.contiguous();
-  const auto off = offsets.contiguous();
+  const auto off = index_on(offsets, dense.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "padded_dense_to_jagged_cuda", [&] {
     AT_DISPATCH_INDEX_TYPES(off.scalar_type(), "padded_dense_to_jagged_cuda_offsets", [&] {

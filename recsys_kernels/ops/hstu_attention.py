@@ -15,6 +15,9 @@ semantics in recsys_kernels/reference/hstu_attention.py). R is computed inside t
 materialised per head. dtypes float32, float16, bfloat16 (float64 on the CPU kernel and the reference, for
 gradcheck); the bias tables have q's dtype. Head dims 1..256, any value. Rows of q past seq_offsets[B] give
 zero output. Sequences must be at most max_seq_len long; zero-length sequences and B = 0 work.
+seq_offsets and num_targets are checked on the host before any kernel runs: on q's device that read is a device
+sync per call (forward and backward); passed on the CPU (a training loop knows the lengths before they go to
+the GPU) they are read with no sync, and every backend copies them up itself.
 Differentiable in q, k, v, pos_bias and time_bias; the kernel backends (cuda, triton, cpu) have deterministic
 backwards (no atomics); the reference's is autograd's, whose index_select backward adds with atomics on CUDA.
 

@@ -6,8 +6,9 @@
     padded_dense_to_jagged(dense: (B, N, *F), offsets: (B + 1,), total_len) -> (total_len, *F): rows past N
         of a sequence and rows past offsets[B] are zero
 
-offsets start at 0, never decrease and end at most at L (checked; on CUDA the check reads the offsets, a
-sync, in eager mode only). values dtypes float32|float16|bfloat16|float64|int32|int64; the copies are
+offsets start at 0, never decrease and end at most at L (checked in eager mode; on CUDA the check reads the
+offsets, a device sync, unless they are passed on the CPU: every backend accepts CPU offsets for device values
+and copies them up itself). values dtypes float32|float16|bfloat16|float64|int32|int64; the copies are
 differentiable (each is the other's adjoint). Trailing feature dims are flattened for the kernels.
 
 Backends (chosen per call by recsys_kernels._backend):

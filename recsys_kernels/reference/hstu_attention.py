@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recsys_kernels.reference.jagged import _eager, check_offsets, jagged_to_padded_dense, padded_dense_to_jagged
+from recsys_kernels.reference.jagged import (_eager, check_index_device, check_offsets, index_on,
+                                             jagged_to_padded_dense, padded_dense_to_jagged)
 
 TIME_BUCKETS = ("log", "sqrt")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -57,8 +58,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets:
         raise ValueError(f"q and k must have the same shape (L, H, Dqk), got {tuple(q.shape)} and {tuple(k.shape)}")
     if v.shape[:2] != q.shape[:2]:
         raise ValueError(f"v must have shape (L, H, Dv) with q's L and H, got {tuple(v.shape)} for q {tuple(q.shape)}")
-    if seq_offsets.device != q.device:
-        raise ValueError(f"seq_offsets and q must be on the same device, got {seq_offsets.device} and {q.device}")
+    check_index_device(q, "q", seq_offsets, "seq_offsets")
     check_offsets(seq_offsets, q.shape[0], "seq_offsets")
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -73,8 +73,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets:
         if num_targets.shape != (B,) or num_targets.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"num_targets must be a ({B},) int32|int64 tensor, got {tuple(num_targets.shape)} "
                              f"{num_targets.dtype}")
-        if num_targets.device != q.device:
-            raise ValueError(f"num_targets and q must be on the same device, got {num_targets.device} and {q.device}")
+        check_index_device(q, "q", num_targets, "num_targets")
     if pos_bias is not None:
         if pos_bias.shape != (2 * max_seq_len - 1,):
             raise ValueError(f"pos_bias must have shape (2 * max_seq_len - 1,) = ({2 * max_seq_len - 1},), "
@@ -204,6 +203,12 @@ def _scores(q, k, seq_offsets, N, alpha, causal, num_targets, contextual_seq_len
     return s, (m.to(acc) / N).unsqueeze(1)
 
 
+def indices_on(device: torch.device, seq_offsets: torch.Tensor, num_targets: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """seq_offsets and num_targets on ``device`` (they may come on the CPU: read there without a sync)."""
+    return index_on(seq_offsets, device), (index_on(num_targets, device) if num_targets is not None else None)
+
+
 def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor, max_seq_len: int,
                    alpha: float, causal: bool = True, num_targets: torch.Tensor | None = None,
                    contextual_seq_len: int = 0, max_attn_len: int = 0, timestamps: torch.Tensor | None = None,
@@ -213,6 +218,7 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     autograd through torch ops) in q, k, v, pos_bias and time_bias."""
     check_inputs(q, k, v, seq_offsets, max_seq_len, num_targets, contextual_seq_len, max_attn_len, timestamps,
                  pos_bias, time_bias, time_bucket)
+    seq_offsets, num_targets = indices_on(q.device, seq_offsets, num_targets)
     acc = _acc_dtype(q.dtype)
     s, m = _scores(q, k, seq_offsets, max_seq_len, alpha, causal, num_targets, contextual_seq_len, max_attn_len,
                    timestamps, pos_bias, time_bias, time_bucket, acc)
@@ -236,6 +242,7 @@ def hstu_attention_backward(grad_output: torch.Tensor, q: torch.Tensor, k: torch
     if grad_output.shape != v.shape or grad_output.dtype != v.dtype or grad_output.device != v.device:
         raise ValueError(f"grad_output must match v: shape {tuple(v.shape)}, {v.dtype} on {v.device}; got "
                          f"{tuple(grad_output.shape)}, {grad_output.dtype} on {grad_output.device}")
+    seq_offsets, num_targets = indices_on(q.device, seq_offsets, num_targets)
     N, L, dtype = max_seq_len, q.shape[0], q.dtype
     acc = _acc_dtype(dtype)
     s, m = _scores(q, k, seq_offsets, N, alpha, causal, num_targets, contextual_seq_len, max_attn_len,

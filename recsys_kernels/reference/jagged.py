@@ -67,8 +67,27 @@ def check_values(values: torch.Tensor, offsets: torch.Tensor, name: str, dim: in
         raise ValueError(f"{name} must have shape {shape}, got {tuple(values.shape)}")
     if values.dtype not in _VALUE_DTYPES:
         raise ValueError(f"{name} must be a float32|float16|bfloat16|float64|int32|int64 tensor, got {values.dtype}")
-    if values.device != offsets.device:
-        raise ValueError(f"{name} and offsets must be on the same device, got {values.device} and {offsets.device}")
+    check_index_device(values, name, offsets, "offsets")
+
+
+def check_index_device(values: torch.Tensor, values_name: str, idx: torch.Tensor, idx_name: str) -> None:
+    """Index tensors (offsets, num_targets) live on the values' device or on the CPU: there every backend reads
+    them without a device sync and copies them up itself (index_on)."""
+    if idx.device != values.device and idx.device.type != "cpu":
+        raise ValueError(f"{idx_name} must be on {values_name}'s device ({values.device}) or on the CPU, got "
+                         f"{idx.device}")
+
+
+def index_on(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """idx on ``device``: itself when already there; from the CPU to CUDA through pinned memory, so the copy
+    does not wait for the stream (a copy from pageable memory can)."""
+    if idx.device == device:
+        return idx
+    from torch._subclasses.fake_tensor import is_fake
+
+    if device.type == "cuda" and not torch.compiler.is_compiling() and not is_fake(idx):
+        return idx.pin_memory().to(device, non_blocking=True)
+    return idx.to(device)
 
 
 def lengths_to_offsets(lengths: torch.Tensor) -> torch.Tensor:
@@ -87,7 +106,7 @@ def jagged_to_padded_dense(values: torch.Tensor, offsets: torch.Tensor, max_len:
         raise ValueError(f"max_len must be >= 0, got {max_len}")
     L, D = values.shape
     B = offsets.shape[0] - 1
-    o = offsets.to(torch.int64)
+    o = index_on(offsets, values.device).to(torch.int64)
     t = torch.arange(max_len, device=values.device, dtype=torch.int64).view(1, max_len)
     valid = (t < (o[1:] - o[:-1]).view(B, 1)).to(torch.int64)
     # Invalid positions read row L: the appended padding row.
@@ -112,7 +131,7 @@ def padded_dense_to_jagged(dense: torch.Tensor, offsets: torch.Tensor, total_len
     """dense (B, N, D), offsets (B + 1,) -> (total_len, D) in dense's dtype."""
     check_padded_dense_inputs(dense, offsets, total_len)
     B, N, D = dense.shape
-    o = offsets.to(torch.int64)
+    o = index_on(offsets, dense.device).to(torch.int64)
     rows = torch.arange(total_len, device=dense.device, dtype=torch.int64)
     seg = (torch.searchsorted(o, rows, right=True) - 1).clamp(0, max(B - 1, 0))
     t = rows - o.index_select(0, seg)

@@ -47,7 +47,8 @@ def _batch(items, times, lengths, total, label_index=None, labels=None) -> Seque
     return SequenceBatch(items=t(items), lengths=t(lengths), last=t(np.cumsum(lengths) - 1), total_len=total,
                          timestamps=t(times) if times is not None else None,
                          label_index=t(label_index) if label_index is not None else None,
-                         labels=t(labels) if labels is not None else None)
+                         labels=t(labels) if labels is not None else None,
+                         host_offsets=t(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)))
 
 
 def causal_batch(seqs: list[np.ndarray], ts: list[np.ndarray] | None, max_len: int,

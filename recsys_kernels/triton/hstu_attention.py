@@ -28,7 +28,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 from triton.runtime.jit import JITFunction
 
-from recsys_kernels.reference.hstu_attention import check_inputs
+from recsys_kernels.reference.hstu_attention import check_inputs, indices_on
 
 __all__ = ["hstu_attention_triton", "hstu_attention_triton_backward"]
 
@@ -351,6 +351,7 @@ def hstu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq
     Semantics and argument shapes as recsys_kernels.ops.hstu_attention."""
     check_inputs(q, k, v, seq_offsets, max_seq_len, num_targets, contextual_seq_len, max_attn_len, timestamps,
                  pos_bias, time_bias, time_bucket)
+    seq_offsets, num_targets = indices_on(q.device, seq_offsets, num_targets)
     q, k, v = _rowmajor(q), _rowmajor(k), _rowmajor(v)
     L, H, Dv = q.shape[0], q.shape[1], v.shape[2]
     B = seq_offsets.shape[0] - 1
@@ -380,6 +381,7 @@ def hstu_attention_triton_backward(grad_output: torch.Tensor, q: torch.Tensor, k
     if grad_output.shape != v.shape or grad_output.dtype != v.dtype:
         raise ValueError(f"grad_output must match v: shape {tuple(v.shape)}, {v.dtype}; got "
                          f"{tuple(grad_output.shape)}, {grad_output.dtype}")
+    seq_offsets, num_targets = indices_on(q.device, seq_offsets, num_targets)
     # dq/dk/do/dv are written with q's and v's strides, so everything is made row-major alike.
     q, k, v, do = (x.contiguous() for x in (q, k, v, grad_output))
     L, H, Dqk, Dv = q.shape[0], q.shape[1], q.shape[2], v.shape[2]

@@ -17,7 +17,8 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 from triton.runtime.jit import JITFunction
 
-from recsys_kernels.reference.jagged import check_lengths, check_offsets, check_padded_dense_inputs, check_values
+from recsys_kernels.reference.jagged import (check_lengths, check_offsets, check_padded_dense_inputs, check_values,
+                                             index_on)
 
 __all__ = ["lengths_to_offsets_triton", "jagged_to_padded_dense_triton", "padded_dense_to_jagged_triton"]
 
@@ -109,6 +110,7 @@ def jagged_to_padded_dense_triton(values: torch.Tensor, offsets: torch.Tensor, m
     out = torch.empty((B, max_len, D), dtype=values.dtype, device=values.device)
     if out.numel() == 0 or _no_data(out):
         return out
+    offsets = index_on(offsets, values.device)
     block_t = 16
     wrap_triton(_jagged_to_padded_kernel)[(B, triton.cdiv(max_len, block_t))](
         values, offsets, out, padding_value, max_len, D, values.stride(0), values.stride(1),
@@ -125,6 +127,7 @@ def padded_dense_to_jagged_triton(dense: torch.Tensor, offsets: torch.Tensor, to
     out = torch.zeros((total_len, D), dtype=dense.dtype, device=dense.device)
     if out.numel() == 0 or B * N == 0 or _no_data(out):
         return out
+    offsets = index_on(offsets, dense.device)
     block_t = 16
     wrap_triton(_padded_to_jagged_kernel)[(B, triton.cdiv(N, block_t))](
         dense, offsets, out, N, D, dense.stride(0), dense.stride(1), dense.stride(2),

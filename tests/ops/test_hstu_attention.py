@@ -335,10 +335,35 @@ def test_edge_shapes(device, backend, shape):
 def test_device_mismatch_raises(device, backend):
     require_backend(OP, device, backend)
     inp = full_case().inputs(device)
-    for name in ("seq_offsets", "v", "pos_bias", "timestamps"):
+    for name in ("v", "pos_bias", "timestamps"):  # seq_offsets and num_targets may be on the CPU (below)
         bad = dict(inp, **{name: inp[name].cpu()})
         with pytest.raises((ValueError, RuntimeError), match="same device|device"):
             run(bad, backend)
+
+
+@pytest.mark.parametrize("device,backend", [p for p in PAIRS if p.values[0] == "cuda"])
+def test_offsets_on_the_cpu(device, backend):
+    """seq_offsets and num_targets on the CPU with q on CUDA: the same output and gradients as on the device;
+    the kernel backends then run forward and backward without a device sync."""
+    require_backend(OP, device, backend)
+    inp = full_case().inputs(device)
+    for n in GRADS:
+        inp[n].requires_grad_(True)
+    want = run(inp, backend)
+    want_grads = torch.autograd.grad(want, leaves(inp), torch.ones_like(want))
+    host = dict(inp, seq_offsets=inp["seq_offsets"].cpu(), num_targets=inp["num_targets"].cpu())
+    torch.cuda.synchronize()
+    if backend != "reference":  # the reference's own ops may sync
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = run(host, backend)
+        got_grads = torch.autograd.grad(got, leaves(host), torch.ones_like(got))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    exact = {} if backend == "reference" else dict(rtol=0, atol=0)  # the reference's backward adds with atomics
+    torch.testing.assert_close(got, want, **exact)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, **exact)
 
 
 # The hypothesis cases above stay within one tile (max_seq_len <= 24); these run the GPU kernels over many

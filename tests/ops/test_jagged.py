@@ -176,8 +176,35 @@ def test_bad_input_raises_naming_the_argument(device, backend, needle, make):
 
 
 @pytest.mark.parametrize("device,backend", [p for p in backend_params(("cuda",))])
-def test_device_mismatch_raises(device, backend):
+def test_offsets_on_the_cpu_need_no_device_sync(device, backend):
+    """CPU offsets with CUDA values: the same copies and gradients as device offsets, and no device sync (the
+    host reads the offsets where they are; the kernels get a copy uploaded without blocking)."""
     for op in OPS:
         require_backend(op, device, backend)
-    with rk.use_backend(backend), pytest.raises((ValueError, RuntimeError), match="same device"):
-        rk.ops.jagged_to_padded_dense(torch.randn(5, 3, device="cuda"), torch.tensor([0, 2, 5]), 4)
+    lengths = [3, 0, 5, 2]
+    offsets = offsets_of(tuple(lengths), torch.int64, "cpu")
+    values = torch.randn(10, 4, device="cuda", requires_grad=True)
+    dense = torch.randn(4, 6, 4, device="cuda", requires_grad=True)
+    with rk.use_backend(backend):
+        want_p = rk.ops.jagged_to_padded_dense(values, offsets.cuda(), 6, -1.0)
+        want_j = rk.ops.padded_dense_to_jagged(dense, offsets.cuda(), 10)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got_p = rk.ops.jagged_to_padded_dense(values, offsets, 6, -1.0)
+            got_j = rk.ops.padded_dense_to_jagged(dense, offsets, 10)
+            g_values, g_dense = torch.autograd.grad((got_p.sum() + got_j.square().sum()), (values, dense))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(got_p, want_p) and torch.equal(got_j, want_j)
+    w_values, w_dense = torch.autograd.grad((want_p.sum() + want_j.square().sum()), (values, dense))
+    assert torch.equal(g_values, w_values) and torch.equal(g_dense, w_dense)
+
+
+@pytest.mark.parametrize("device,backend", [p for p in backend_params(("cuda",))])
+def test_offsets_on_another_device_raise(device, backend):
+    for op in OPS:
+        require_backend(op, device, backend)
+    with rk.use_backend(backend), pytest.raises((ValueError, RuntimeError), match="device|CPU"):
+        rk.ops.jagged_to_padded_dense(torch.randn(5, 3, device="cuda"), torch.tensor([0, 2, 5], device="meta"), 4)
+
