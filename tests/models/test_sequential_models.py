@@ -81,6 +81,17 @@ def test_hstu_padding_rows_do_not_leak():
     torch.testing.assert_close(padded[:6], both)
 
 
+def test_hstu_host_offsets_and_device_offsets_agree():
+    """A batch's CPU offsets (the sync-free path) and offsets computed from its lengths give the same states."""
+    torch.manual_seed(0)
+    model = HSTU(30, embedding_dim=16, dqk=8, dv=8, max_len=8, dropout=0.0).eval()
+    batch = eval_batch([np.array([3, 4, 5, 6]), np.array([7, 8]), np.array([9])], None, max_len=8,
+                       pad_to_max_len=True)
+    assert batch.host_offsets is not None
+    without = SequenceBatch(**{**batch.__dict__, "host_offsets": None})
+    torch.testing.assert_close(model(batch), model(without), rtol=0, atol=0)
+
+
 def test_collation():
     seqs = [np.array([1, 2, 3, 4]), np.array([5, 6])]
     ts = [np.array([1, 2, 3, 4]), np.array([7, 8])]
@@ -88,6 +99,8 @@ def test_collation():
     assert b.items.tolist() == [[2, 3], [5, 0]] and b.lengths.tolist() == [2, 1]  # keeps the most recent
     assert b.labels.tolist() == [3, 4, 6] and b.last.tolist() == [1, 2] and b.total_len == 3
     assert b.timestamps.tolist() == [[2, 3], [7, 0]]
+    assert b.host_offsets.tolist() == [0, 2, 3]  # the jagged offsets, kept on the CPU by .to()
+    assert b.to("meta").host_offsets.device.type == "cpu" and b.to("meta").items.device.type == "meta"
     c = cloze_batch(seqs, None, max_len=4, rng=np.random.default_rng(0), mask_token=99, mask_prob=0.5)
     flat = np.concatenate([seqs[0], seqs[1]])
     assert (c.items.flatten()[c.items.flatten() != 0] == 99).sum() == len(c.labels) >= 2
