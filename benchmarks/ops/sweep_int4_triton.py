@@ -18,8 +18,8 @@ from benchmarks.ops import bench_int4_embedding_bag as bench
 from recsys_kernels import ops, use_backend
 from recsys_kernels.triton import int4_embedding_bag as tri
 
-# (BLOCK_L, num_warps). The first sweep (2026-12-06) found (8, 4) best of (8|16|32) x (4|8|16): more warps or
-# rows a step only made it slower, so this one looks below.
+# (BLOCK_L, num_warps). The sweeps of 2026-12-06: (8, 4) was best of (8|16|32) x (4|8|16); below that, one warp
+# with 4 or 8 rows a step won (bag_config now picks (4, 1); (1, 1) when bags hold one row).
 CANDIDATES = {1: [(1, 1), (1, 2)], 32: [(8, 4), (4, 1), (8, 1), (16, 1), (8, 2), (16, 2), (32, 2)]}
 
 

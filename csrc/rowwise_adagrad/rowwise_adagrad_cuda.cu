@@ -40,7 +40,9 @@ namespace rowwise_cuda {
 namespace {
 
 constexpr int kChunk = 32;  // sorted positions per chunk: one per lane when a warp reads a piece
-constexpr int kWarps = 8;   // warps per block
+// Warps per block. The chunk kernel needs 94-96 registers a thread: an SM then holds 21 warps, which blocks of 4
+// fill to 20 and blocks of 8 only to 16 (H100: 1.293 vs 1.307 ms for the update, benchmarks/RESULTS.md).
+constexpr int kWarps = 4;
 constexpr int kMaxD = 1024;
 constexpr unsigned kFull = 0xffffffffu;
 

@@ -299,11 +299,13 @@ def dequantize_int4_rows_triton(packed: torch.Tensor, D: int, dtype: torch.dtype
 
 def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
     """(BLOCK_L, WORDS, num_warps): rows per step and 32-bit words per row tile (a power of two >= row_bytes/4).
-    Tiles of at most 2048 codes; one row a step when bags hold about one row (Criteo L = 1). Two buckets only,
-    so few compiled variants (a BLOCK_L x num_warps sweep on the H100 was planned and not run)."""
+    One warp per bag and 4 rows a step (one row when bags hold about one, Criteo L = 1): on the H100 at D = 128
+    that beat the earlier 8 rows x 4 warps by 2.1x (T = 1, L = 32) and 2.4x (26 tables, L = 32), and every
+    larger tile was slower (benchmarks/ops/sweep_int4_triton.py, benchmarks/RESULTS.md). Wider rows keep tiles
+    of at most 2048 codes and add a warp per 1024 codes (not measured)."""
     words = _next_pow2(max_row_bytes // 4)
-    block_l = 1 if avg_len < 1.5 else max(1, min(8, 2048 // (words * 8)))
-    num_warps = 4 if words * 8 * block_l >= 2048 else 2
+    block_l = 1 if avg_len < 1.5 else max(1, min(4, 2048 // (words * 8)))
+    num_warps = max(1, min(4, block_l * words * 8 // 1024))
     return block_l, words, num_warps
 
 
