@@ -120,9 +120,9 @@ class SequentialTask:
         sparse = model.sparse_parameters()
         sparse_ids = {id(p) for p in sparse}
         dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
-        # fused on CUDA: one kernel launch for every parameter instead of a few per foreach group; the HSTU step
-        # is bound by the host's launches on the H100 (benchmarks/RESULTS.md)
-        fused = True if dense and all(p.is_cuda for p in dense) else None
+        # fused on CUDA and the CPU: one kernel for every parameter instead of a few per foreach group (CUDA, where
+        # the HSTU step is bound by the host's launches: benchmarks/RESULTS.md) or per parameter (CPU)
+        fused = True if dense and all(p.device.type in ("cuda", "cpu") for p in dense) else None
         opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=float(config["lr"]),
                                                                betas=tuple(config.get("betas", (0.9, 0.999))),
                                                                weight_decay=float(config.get("weight_decay", 0.0)),
