@@ -24,7 +24,6 @@ from torch.profiler import ProfilerActivity, profile
 import recsys_kernels
 from benchmarks.models import speed
 from recsys_kernels.train import registry
-from recsys_kernels.train.loop import autocast
 
 
 def count_syncs(step, batch, device: torch.device) -> int:
@@ -86,17 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     net = task.build_model(cfg).to(device).train()
     optimizers = task.make_optimizers(net, cfg)
     batches = list(itertools.islice(task.train_batches(0, device), speed.ROTATE))
-    amp = args.precision == "amp"
-
-    def step(batch) -> None:  # the speed benchmark's step
-        with autocast(device, amp):
-            loss = task.loss(net, batch)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-
+    step = speed.training_step(task, net, optimizers, device, amp=args.precision == "amp")
     for backend in args.backends.split(","):
         print(f"{args.model} {label} {args.precision}, {backend}:")
         with recsys_kernels.use_backend(None if backend == "fused" else backend):

@@ -40,7 +40,7 @@ from benchmarks import harness
 from recsys_kernels import benchmarking
 from recsys_kernels.data import Ratings, default_table_sizes, synthetic_ctr, synthetic_sequences
 from recsys_kernels.train import registry
-from recsys_kernels.train.loop import autocast
+from recsys_kernels.train.loop import train_step
 from recsys_kernels.train.ratings_task import RatingsTask
 
 ROTATE = 4  # batches cycled through
@@ -149,6 +149,12 @@ def time_steps(step: Callable[[Any], None], batches: list, warmup: int, steps: i
     return (time.perf_counter() - t0) / steps * 1e3
 
 
+def training_step(task: Any, net: torch.nn.Module, optimizers: list, device: torch.device,
+                  amp: bool) -> Callable[[Any], None]:
+    """The trainer's step (recsys_kernels.train.loop.train_step) on one batch."""
+    return lambda batch: train_step(task, net, optimizers, batch, device, amp)
+
+
 def bench_model(model: str, bench: Bench, args: argparse.Namespace, device: torch.device) -> list[Row]:
     task, cfg, label = make_task(model, bench)
     net = task.build_model(cfg).to(device).train()
@@ -156,17 +162,7 @@ def bench_model(model: str, bench: Bench, args: argparse.Namespace, device: torc
     batches = list(itertools.islice(task.train_batches(0, device), ROTATE))
     rows = []
     for precision in args.precisions:
-        amp = precision == "amp"
-
-        def step(batch) -> None:
-            with autocast(device, amp):
-                loss = task.loss(net, batch)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-
+        step = training_step(task, net, optimizers, device, amp=precision == "amp")
         row = Row(model, label, precision, samples_per_step=task.batch_size_of(batches[0]))
         for backend, attr in ((None, "fused_ms"), ("reference", "reference_ms")):
             try:

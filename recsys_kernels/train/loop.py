@@ -77,6 +77,20 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def train_step(task: Task, model: torch.nn.Module, optimizers: list, batch, device: torch.device,
+               amp: bool) -> torch.Tensor:
+    """One step on ``batch``: task.loss (bf16 autocast when amp), zero_grad, backward (fused tables update
+    themselves there), every optimizer's step. Returns the loss."""
+    with autocast(device, amp):
+        loss = task.loss(model, batch)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return loss
+
+
 def fit(task: Task, config: dict, *, device: str | torch.device = "cpu", amp: bool = False, compile: bool = False,
         out_dir: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
         model_name: str | None = None, data_name: str | None = None, log: Log = _stderr,
@@ -132,13 +146,7 @@ def fit(task: Task, config: dict, *, device: str | torch.device = "cpu", amp: bo
         steps = samples = 0
         t0 = time.perf_counter()
         for batch in task.train_batches(epoch, device):
-            with autocast(device, amp):
-                loss = task.loss(model, batch)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
+            loss = train_step(task, model, optimizers, batch, device, amp)
             loss_sum += loss.detach().double()
             steps += 1
             samples += task.batch_size_of(batch)
