@@ -434,24 +434,11 @@ def _fold_pos(part: torch.Tensor, N: int, blk: int) -> torch.Tensor:
     return flat.reshape(-1)[first: first + 2 * N - 1]
 
 
-def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
-    (q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets, contextual_seq_len, max_attn_len, timestamps,
-     pos_bias, time_bias, time_bucket) = inputs
-    ctx.save_for_backward(q, k, v, seq_offsets, num_targets, timestamps, pos_bias, time_bias)
-    ctx.args = (max_seq_len, alpha, causal, contextual_seq_len, max_attn_len, time_bucket)
+# The same autograd rule as the CUDA/CPU op's (recsys_kernels/ops/hstu_attention.py), with this backward op.
+from recsys_kernels.ops.hstu_attention import backward_with, setup_context  # noqa: E402
 
-
-def _backward(ctx, grad_output):  # type: ignore[no-untyped-def]
-    q, k, v, seq_offsets, num_targets, timestamps, pos_bias, time_bias = ctx.saved_tensors
-    max_seq_len, alpha, causal, contextual_seq_len, max_attn_len, time_bucket = ctx.args
-    dq, dk, dv, d_pos, d_time = hstu_attention_triton_backward(
-        grad_output, q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets, contextual_seq_len,
-        max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
-    return (dq, dk, dv, None, None, None, None, None, None, None, None,
-            d_pos if pos_bias is not None else None, d_time if time_bias is not None else None, None)
-
-
-torch.library.register_autograd("recsys::hstu_attention_triton", _backward, setup_context=_setup_context)
+torch.library.register_autograd("recsys::hstu_attention_triton", backward_with(hstu_attention_triton_backward),
+                                setup_context=setup_context)
 
 if _INTERPRETED:
     # wrap_triton cannot capture interpreted kernels: keep the ops opaque to AOTDispatcher (see dot_interaction).
