@@ -38,10 +38,13 @@ def lengths(shape: dict[str, int]) -> torch.Tensor:
 
 def make_inputs(shape: dict[str, int], dtype: torch.dtype, device: torch.device,
                 gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """q, k, v (L, H, d), seq_offsets (B + 1,), timestamps (L,), pos_bias (2N - 1,), time_bias (129,)."""
+    """q, k, v (L, H, d), seq_offsets (B + 1,) on the CPU, timestamps (L,), pos_bias (2N - 1,), time_bias (129,)."""
     H, d, N = shape["H"], shape["d"], shape["N"]
     lens = lengths(shape)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)]).to(device)
+    # seq_offsets stay on the CPU, as a training loop has them (recsys_kernels.data's SequenceBatch.host_offsets):
+    # every backend validates offsets on the host, which for device offsets is a sync per call that would time
+    # the host round trip rather than the kernels (generative-recommenders' kernels do not validate at all).
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)])
     L = int(lens.sum())
     q, k, v = (torch.randn(L, H, d, device=device, generator=gen).to(dtype) for _ in range(3))
     ts = torch.randint(1, 100000, (L,), device=device, generator=gen).cumsum(0)

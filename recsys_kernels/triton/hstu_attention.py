@@ -2,18 +2,21 @@
 
 Algorithm: HSTU pointwise attention (Zhai et al., ICML 2024, "Actions Speak Louder than Words"), tiled
 as in FlashAttention (Dao et al. 2022) but with no softmax, so the forward needs no running max or
-normaliser: per (query block, sequence, head) program, O = Σ over key blocks of (SiLU(αQKᵀ + R)/N ⊙ M) V.
+normaliser: per (sequence, head, query block) program, O = Σ over key blocks of (SiLU(αQKᵀ + R) ⊙ M) V / N.
 The relative bias R is computed per tile inside the kernel from the timestamps and the two tables (one
 gather each), never materialised. Head dims are padded inside the kernel to a power of two >= 16 by masked
 loads (zeros add nothing to the dot products), so 25 or 50 work without the caller padding. Causal masks
-without a contextual prefix skip the key blocks past the diagonal.
+without a contextual prefix skip the key blocks past the diagonal, and tiles that the mask cannot touch
+(wholly below the diagonal, inside the sequence, before the targets) run without any mask or predicated
+load; only the tiles on the diagonal and at the sequence's end pay for them. The longest query blocks
+are launched first, so the short ones fill the tail.
 
 Backward, deterministic (no atomics): one kernel per key block accumulates dK and dV over the query
 blocks; another per query block accumulates dQ over the key blocks and, with a bias, writes per-tile
 partial bias gradients (pos: the tile's 2·BLK-1 diagonal sums; time: a per-program bucket histogram
-weighted by dS, over only the bucket chunks the tile touches; both by one-hot reductions) into buffers that torch reduces in a fixed order.
-The bias-gradient path uses 16 x 16 tiles (its one-hot reductions grow with the tile): correct first;
-faster variants are future work.
+weighted by dS, over only the bucket chunks the tile touches; both by one-hot reductions) into buffers that
+torch reduces in a fixed order. The bias-gradient path uses 16 x 16 tiles (its one-hot reductions grow with
+the tile). Tile sizes per kernel: ``_tiles`` (swept on the H100).
 
 float32 dot products use "tf32x3" (about fp32-accurate); float64 (gradcheck) uses IEEE. Under
 TRITON_INTERPRET=1, fp16/bf16 tiles are widened to fp32 after loading (the interpreter's bf16 is raw bits).
@@ -54,10 +57,20 @@ def _zeros(M: tl.constexpr, N: tl.constexpr, like_ptr):
 
 
 @triton.jit
-def _load_rows(ptr, rows, n, s_l, col, D, UPCAST: tl.constexpr):
-    """(len(rows), len(col)) tile of one head of a (L, H, D) tensor at ``ptr`` (head offset applied)."""
-    x = tl.load(ptr + rows[:, None].to(tl.int64) * s_l + col[None, :], mask=(rows < n)[:, None] & (col < D)[None, :],
-                other=0.0)
+def _load_rows(ptr, rows, n, s_l, col, D, UPCAST: tl.constexpr, ROW_MASK: tl.constexpr = True,
+               COL_MASK: tl.constexpr = True):
+    """(len(rows), len(col)) tile of one head of a (L, H, D) tensor at ``ptr`` (head offset applied), zero past
+    row n and column D. Without the masks (rows known inside the sequence, D a power of two) the loads are
+    unpredicated and vectorise."""
+    p = ptr + rows[:, None].to(tl.int64) * s_l + col[None, :]
+    if ROW_MASK and COL_MASK:
+        x = tl.load(p, mask=(rows < n)[:, None] & (col < D)[None, :], other=0.0)
+    elif ROW_MASK:
+        x = tl.load(p, mask=(rows < n)[:, None], other=0.0)
+    elif COL_MASK:
+        x = tl.load(p, mask=(col < D)[None, :], other=0.0)
+    else:
+        x = tl.load(p)
     if UPCAST:
         x = x.to(tl.float32)
     return x
@@ -117,7 +130,7 @@ def _buckets(rows, cols, n, ts_ptr, NB, LOG_BUCKET: tl.constexpr):
 @triton.jit
 def _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr, time_ptr, NB, HAS_POS: tl.constexpr,
             HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """alpha q kᵀ + R on a tile, in the accumulation dtype."""
+    """alpha q kᵀ + R on a tile, in the accumulation dtype (bias gathers masked past row or column n)."""
     s = _dot(q, tl.trans(k), _zeros(BM, BN, pos_ptr)) * alpha
     inside = (rows < n)[:, None] & (cols < n)[None, :]
     if HAS_POS:
@@ -142,15 +155,42 @@ def _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX: tl.constexpr, TARGETS: tl.cons
 
 
 @triton.jit
+def _visible_to_all_from(r0, limit, TARGETS: tl.constexpr):
+    """Key columns below this bound are visible to every query row >= r0 of the sequence (causal, no context or
+    window): they precede the row and, with targets, are history rather than another target."""
+    bound = r0
+    if TARGETS:
+        bound = tl.minimum(bound, limit)
+    return bound
+
+
+@triton.jit
+def _fwd_tile(acc, q, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts_ptr, time_ptr, NB,
+              dq, dv, DQK, DV, CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr,
+              UPCAST: tl.constexpr, MASKED: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr):
+    """acc += SiLU(alpha q kᵀ + R) ⊙ M · v over one key tile (the 1 / N is applied once, at the end)."""
+    cols = n0 + tl.arange(0, BN)
+    k = _load_rows(K, cols, n, s_kl, dq, DQK, UPCAST, MASKED, not EVEN_QK)
+    v = _load_rows(V, cols, n, s_vl, dv, DV, UPCAST, MASKED, not EVEN_V)
+    s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr, time_ptr, NB, HAS_POS, HAS_TIME, LOG_BUCKET, BM, BN)
+    p = s * tl.sigmoid(s)
+    if MASKED:
+        p = tl.where(_valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW), p, 0.0)
+    return _dot(p.to(v.dtype), v, acc)
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
                 s_ql, s_qh, s_kl, s_kh, s_vl, s_vh, s_ol, s_oh,
                 H, N, alpha, C, W, NB, DQK, DV,
                 CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, UPCAST: tl.constexpr,
-                ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DQK_PAD: tl.constexpr,
-                DV_PAD: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+                ROUND_BF16: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr, BM: tl.constexpr,
+                BN: tl.constexpr, DQK_PAD: tl.constexpr, DV_PAD: tl.constexpr):
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (last) query blocks start first
     b = bh // H
     h = bh % H
     start, n, limit = _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX, TARGETS)
@@ -161,21 +201,51 @@ def _fwd_kernel(Q, K, V, O, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
     dq = tl.arange(0, DQK_PAD)
     dv = tl.arange(0, DV_PAD)
     q = _load_rows(Q + start * s_ql + h * s_qh, rows, n, s_ql, dq, DQK, UPCAST)
+    K = K + start * s_kl + h * s_kh
+    V = V + start * s_vl + h * s_vh
+    ts = ts_ptr + start
     acc = _zeros(BM, DV_PAD, pos_ptr)
     hi = n
     if CAUSAL and not HAS_CTX:
         hi = tl.minimum(n, m0 + BM)
-    for n0 in range(0, hi, BN):
-        cols = n0 + tl.arange(0, BN)
-        k = _load_rows(K + start * s_kl + h * s_kh, cols, n, s_kl, dq, DQK, UPCAST)
-        v = _load_rows(V + start * s_vl + h * s_vh, cols, n, s_vl, dv, DV, UPCAST)
-        s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr + start, time_ptr, NB, HAS_POS, HAS_TIME,
-                    LOG_BUCKET, BM, BN)
-        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
-        p = tl.where(valid, s * tl.sigmoid(s) / N, 0.0)
-        acc = _dot(p.to(v.dtype), v, acc)
+    # Key tiles wholly before the query block need no mask (rows past n are computed but never stored).
+    plain = 0
+    if CAUSAL and not HAS_CTX and not HAS_WINDOW:
+        plain = (_visible_to_all_from(m0, limit, TARGETS) // BN) * BN
+    for n0 in range(0, plain, BN):
+        acc = _fwd_tile(acc, q, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr, NB,
+                        dq, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME, LOG_BUCKET, UPCAST,
+                        False, EVEN_QK, EVEN_V, BM, BN)
+    for n0 in range(plain, hi, BN):
+        acc = _fwd_tile(acc, q, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr, NB,
+                        dq, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME, LOG_BUCKET, UPCAST,
+                        True, EVEN_QK, EVEN_V, BM, BN)
+    acc = acc * (1.0 / N)
     out = O + start * s_ol + h * s_oh + rows[:, None].to(tl.int64) * s_ol + dv[None, :]
     tl.store(out, _to_out(acc, O.dtype.element_ty, ROUND_BF16), mask=(rows < n)[:, None] & (dv < DV)[None, :])
+
+
+@triton.jit
+def _dkdv_tile(dk, dvacc, k, v, cols, m0, Q, DO, s_ql, s_ol, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr, NB,
+               dq, dv, DQK, DV, CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr,
+               UPCAST: tl.constexpr, MASKED: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr):
+    """dk += dSᵀ q and dv += Pᵀ dO over one query tile (without the 1 / N and alpha, applied at the end)."""
+    rows = m0 + tl.arange(0, BM)
+    q = _load_rows(Q, rows, n, s_ql, dq, DQK, UPCAST, MASKED, not EVEN_QK)
+    do = _load_rows(DO, rows, n, s_ol, dv, DV, UPCAST, MASKED, not EVEN_V)
+    s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts, time_ptr, NB, HAS_POS, HAS_TIME, LOG_BUCKET, BM, BN)
+    sig = tl.sigmoid(s)
+    p = s * sig
+    ds = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr)) * sig * (1.0 + s * (1.0 - sig))
+    if MASKED:
+        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
+        p = tl.where(valid, p, 0.0)
+        ds = tl.where(valid, ds, 0.0)
+    dvacc = _dot(tl.trans(p.to(do.dtype)), do, dvacc)
+    dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
+    return dk, dvacc
 
 
 @triton.jit
@@ -184,11 +254,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, offsets_ptr, nt_ptr, ts_ptr, pos_ptr,
                      H, N, alpha, C, W, NB, DQK, DV,
                      CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_WINDOW: tl.constexpr,
                      HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, UPCAST: tl.constexpr,
-                     ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DQK_PAD: tl.constexpr,
-                     DV_PAD: tl.constexpr):
+                     ROUND_BF16: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, DQK_PAD: tl.constexpr, DV_PAD: tl.constexpr):
     """dK, dV of one key block: Σ over query blocks (dq/dk/dv/do share q's and v's layouts)."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_n = tl.program_id(1)  # the first key blocks, seen by the most queries, start first
     b = bh // H
     h = bh % H
     start, n, limit = _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX, TARGETS)
@@ -200,25 +270,34 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, offsets_ptr, nt_ptr, ts_ptr, pos_ptr,
     dv = tl.arange(0, DV_PAD)
     k = _load_rows(K + start * s_kl + h * s_kh, cols, n, s_kl, dq, DQK, UPCAST)
     v = _load_rows(V + start * s_vl + h * s_vh, cols, n, s_vl, dv, DV, UPCAST)
+    Q = Q + start * s_ql + h * s_qh
+    DO = DO + start * s_ol + h * s_oh
+    ts = ts_ptr + start
     dk = _zeros(BN, DQK_PAD, pos_ptr)
     dvacc = _zeros(BN, DV_PAD, pos_ptr)
     lo = 0
     if CAUSAL and not HAS_CTX:
         lo = (n0 // BM) * BM
-    for m0 in range(lo, n, BM):
-        rows = m0 + tl.arange(0, BM)
-        q = _load_rows(Q + start * s_ql + h * s_qh, rows, n, s_ql, dq, DQK, UPCAST)
-        do = _load_rows(DO + start * s_ol + h * s_oh, rows, n, s_ol, dv, DV, UPCAST)
-        s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr + start, time_ptr, NB, HAS_POS, HAS_TIME,
-                    LOG_BUCKET, BM, BN)
-        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
-        sig = tl.sigmoid(s)
-        p = tl.where(valid, s * sig / N, 0.0)
-        dvacc = _dot(tl.trans(p.to(do.dtype)), do, dvacc)
-        dp = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr))
-        ds = tl.where(valid, dp / N * sig * (1.0 + s * (1.0 - sig)), 0.0)
-        dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
-    dk = dk * alpha
+    # Query blocks [mid, full) lie wholly after the key block and inside the sequence: no masks at all.
+    mid = n
+    full = (n // BM) * BM
+    if CAUSAL and not HAS_CTX and not HAS_WINDOW:
+        if n0 + BN <= _visible_to_all_from(n0 + BN, limit, TARGETS):  # the block holds no target
+            mid = tl.minimum(tl.cdiv(n0 + BN, BM) * BM, n)
+    for m0 in range(lo, mid, BM):
+        dk, dvacc = _dkdv_tile(dk, dvacc, k, v, cols, m0, Q, DO, s_ql, s_ol, n, N, alpha, C, W, limit, pos_ptr, ts,
+                               time_ptr, NB, dq, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME,
+                               LOG_BUCKET, UPCAST, True, EVEN_QK, EVEN_V, BM, BN)
+    for m0 in range(mid, full, BM):
+        dk, dvacc = _dkdv_tile(dk, dvacc, k, v, cols, m0, Q, DO, s_ql, s_ol, n, N, alpha, C, W, limit, pos_ptr, ts,
+                               time_ptr, NB, dq, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME,
+                               LOG_BUCKET, UPCAST, False, EVEN_QK, EVEN_V, BM, BN)
+    for m0 in range(tl.maximum(mid, full), n, BM):
+        dk, dvacc = _dkdv_tile(dk, dvacc, k, v, cols, m0, Q, DO, s_ql, s_ol, n, N, alpha, C, W, limit, pos_ptr, ts,
+                               time_ptr, NB, dq, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME,
+                               LOG_BUCKET, UPCAST, True, EVEN_QK, EVEN_V, BM, BN)
+    dk = dk * (alpha / N)
+    dvacc = dvacc * (1.0 / N)
     mask_k = (cols < n)[:, None] & (dq < DQK)[None, :]
     mask_v = (cols < n)[:, None] & (dv < DV)[None, :]
     tl.store(DK + start * s_ql + h * s_qh + cols[:, None].to(tl.int64) * s_ql + dq[None, :],
@@ -228,16 +307,35 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, offsets_ptr, nt_ptr, ts_ptr, pos_ptr,
 
 
 @triton.jit
+def _dq_tile(dq_acc, q, do, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr, NB,
+             dq_, dv, DQK, DV, CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr,
+             HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr,
+             UPCAST: tl.constexpr, MASKED: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr):
+    """dq += dS k over one key tile; also returns dS (without the 1 / N) for the bias gradients."""
+    cols = n0 + tl.arange(0, BN)
+    k = _load_rows(K, cols, n, s_kl, dq_, DQK, UPCAST, MASKED, not EVEN_QK)
+    v = _load_rows(V, cols, n, s_vl, dv, DV, UPCAST, MASKED, not EVEN_V)
+    s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts, time_ptr, NB, HAS_POS, HAS_TIME, LOG_BUCKET, BM, BN)
+    sig = tl.sigmoid(s)
+    ds = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr)) * sig * (1.0 + s * (1.0 - sig))
+    if MASKED:
+        ds = tl.where(_valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW), ds, 0.0)
+    return _dot(ds.to(k.dtype), k, dq_acc), ds
+
+
+@triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr, part_pos, part_time,
                    s_ql, s_qh, s_kl, s_kh, s_vl, s_vh, s_ol, s_oh,
                    H, N, NBLK, alpha, C, W, NB, DQK, DV,
                    CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr, HAS_WINDOW: tl.constexpr,
                    HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr, UPCAST: tl.constexpr,
-                   ROUND_BF16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DQK_PAD: tl.constexpr,
-                   DV_PAD: tl.constexpr, NB_PAD: tl.constexpr, CH: tl.constexpr):
+                   ROUND_BF16: tl.constexpr, EVEN_QK: tl.constexpr, EVEN_V: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, DQK_PAD: tl.constexpr, DV_PAD: tl.constexpr, NB_PAD: tl.constexpr,
+                   CH: tl.constexpr):
     """dQ of one query block: Σ over key blocks; with a bias also the partial bias gradients (BM == BN)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (last) query blocks start first
     b = bh // H
     h = bh % H
     start, n, limit = _sequence(offsets_ptr, nt_ptr, b, C, HAS_CTX, TARGETS)
@@ -249,47 +347,61 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_p
     dv = tl.arange(0, DV_PAD)
     q = _load_rows(Q + start * s_ql + h * s_qh, rows, n, s_ql, dq_, DQK, UPCAST)
     do = _load_rows(DO + start * s_ol + h * s_oh, rows, n, s_ol, dv, DV, UPCAST)
+    K = K + start * s_kl + h * s_kh
+    V = V + start * s_vl + h * s_vh
+    ts = ts_ptr + start
     dq = _zeros(BM, DQK_PAD, pos_ptr)
-    if HAS_TIME:
-        hist = _zeros(NB_PAD // CH, CH, pos_ptr)  # bucket c0 + t at [c0 // CH, t]
     hi = n
     if CAUSAL and not HAS_CTX:
         hi = tl.minimum(n, m0 + BM)
-    for n0 in range(0, hi, BN):
-        cols = n0 + tl.arange(0, BN)
-        k = _load_rows(K + start * s_kl + h * s_kh, cols, n, s_kl, dq_, DQK, UPCAST)
-        v = _load_rows(V + start * s_vl + h * s_vh, cols, n, s_vl, dv, DV, UPCAST)
-        s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts_ptr + start, time_ptr, NB, HAS_POS, HAS_TIME,
-                    LOG_BUCKET, BM, BN)
-        valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
-        sig = tl.sigmoid(s)
-        dp = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr))
-        ds = tl.where(valid, dp / N * sig * (1.0 + s * (1.0 - sig)), 0.0)
-        dq = _dot(ds.to(k.dtype), k, dq)
-        if HAS_POS:
-            # Diagonal sums of the tile: local offset j - i + BM - 1 in [0, 2 BM - 1).
-            o = (cols[None, :] - n0) - (rows[:, None] - m0) + BM - 1
-            hit = o[:, :, None] == tl.arange(0, 2 * BM)[None, None, :]
-            diag = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), 0), 0)
-            slot = ((bh * NBLK + pid_m) * NBLK + n0 // BN).to(tl.int64) * (2 * BM)
-            tl.store(part_pos + slot + tl.arange(0, 2 * BM), diag)
+    if HAS_POS or HAS_TIME:
+        inv_n = 1.0 / N
         if HAS_TIME:
-            # Weighted histogram of the tile's buckets, one chunk of CH buckets at a time (bounded registers),
-            # visiting only the chunks between the tile's smallest and largest bucket (neighbours in time
-            # share few buckets).
-            bucket = _buckets(rows, cols, n, ts_ptr + start, NB, LOG_BUCKET)
-            b_lo = tl.min(tl.min(tl.where(valid, bucket, NB_PAD), 1), 0)
-            b_hi = tl.max(tl.max(tl.where(valid, bucket, -1), 1), 0)
-            for c0 in range((b_lo // CH) * CH, b_hi + 1, CH):
-                hit = bucket[:, :, None] == (c0 + tl.arange(0, CH))[None, None, :]
-                chunk = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), 0), 0)
-                hist += tl.where((tl.arange(0, NB_PAD // CH) == c0 // CH)[:, None], chunk[None, :], 0.0)
-    dq = dq * alpha
+            hist = _zeros(NB_PAD // CH, CH, pos_ptr)  # bucket c0 + t at [c0 // CH, t]
+        for n0 in range(0, hi, BN):
+            cols = n0 + tl.arange(0, BN)
+            dq, ds = _dq_tile(dq, q, do, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr,
+                              NB, dq_, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME,
+                              LOG_BUCKET, UPCAST, True, EVEN_QK, EVEN_V, BM, BN)
+            ds = ds * inv_n
+            if HAS_POS:
+                # Diagonal sums of the tile: local offset j - i + BM - 1 in [0, 2 BM - 1).
+                o = (cols[None, :] - n0) - (rows[:, None] - m0) + BM - 1
+                hit = o[:, :, None] == tl.arange(0, 2 * BM)[None, None, :]
+                diag = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), 0), 0)
+                slot = ((bh * NBLK + pid_m) * NBLK + n0 // BN).to(tl.int64) * (2 * BM)
+                tl.store(part_pos + slot + tl.arange(0, 2 * BM), diag)
+            if HAS_TIME:
+                # Weighted histogram of the tile's buckets, one chunk of CH buckets at a time (bounded registers),
+                # visiting only the chunks between the tile's smallest and largest bucket (neighbours in time
+                # share few buckets).
+                valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
+                bucket = _buckets(rows, cols, n, ts, NB, LOG_BUCKET)
+                b_lo = tl.min(tl.min(tl.where(valid, bucket, NB_PAD), 1), 0)
+                b_hi = tl.max(tl.max(tl.where(valid, bucket, -1), 1), 0)
+                for c0 in range((b_lo // CH) * CH, b_hi + 1, CH):
+                    hit = bucket[:, :, None] == (c0 + tl.arange(0, CH))[None, None, :]
+                    chunk = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), 0), 0)
+                    hist += tl.where((tl.arange(0, NB_PAD // CH) == c0 // CH)[:, None], chunk[None, :], 0.0)
+        if HAS_TIME:
+            slots = tl.arange(0, NB_PAD // CH)[:, None] * CH + tl.arange(0, CH)[None, :]
+            tl.store(part_time + (bh * NBLK + pid_m).to(tl.int64) * NB_PAD + slots, hist)
+    else:
+        # Key tiles wholly before the query block need no mask (rows past n are computed but never stored).
+        plain = 0
+        if CAUSAL and not HAS_CTX and not HAS_WINDOW:
+            plain = (_visible_to_all_from(m0, limit, TARGETS) // BN) * BN
+        for n0 in range(0, plain, BN):
+            dq, _ = _dq_tile(dq, q, do, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr,
+                             NB, dq_, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME, LOG_BUCKET,
+                             UPCAST, False, EVEN_QK, EVEN_V, BM, BN)
+        for n0 in range(plain, hi, BN):
+            dq, _ = _dq_tile(dq, q, do, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr,
+                             NB, dq_, dv, DQK, DV, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW, HAS_POS, HAS_TIME, LOG_BUCKET,
+                             UPCAST, True, EVEN_QK, EVEN_V, BM, BN)
+    dq = dq * (alpha / N)
     tl.store(DQ + start * s_ql + h * s_qh + rows[:, None].to(tl.int64) * s_ql + dq_[None, :],
              _to_out(dq, DQ.dtype.element_ty, ROUND_BF16), mask=(rows < n)[:, None] & (dq_ < DQK)[None, :])
-    if HAS_TIME:
-        slots = tl.arange(0, NB_PAD // CH)[:, None] * CH + tl.arange(0, CH)[None, :]
-        tl.store(part_time + (bh * NBLK + pid_m).to(tl.int64) * NB_PAD + slots, hist)
 
 
 _INTERPRETED = not isinstance(_fwd_kernel, JITFunction)
@@ -324,20 +436,39 @@ def _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets, conte
     flags = dict(CAUSAL=causal, TARGETS=num_targets is not None, HAS_CTX=contextual_seq_len > 0,
                  HAS_WINDOW=max_attn_len > 0, HAS_POS=pos_bias is not None, HAS_TIME=time_bias is not None,
                  LOG_BUCKET=time_bucket == "log", UPCAST=upcast,
-                 ROUND_BF16=_INTERPRETED and q.dtype == torch.bfloat16, DQK_PAD=_pad(Dqk), DV_PAD=_pad(Dv))
+                 ROUND_BF16=_INTERPRETED and q.dtype == torch.bfloat16, EVEN_QK=Dqk == _pad(Dqk),
+                 EVEN_V=Dv == _pad(Dv), DQK_PAD=_pad(Dqk), DV_PAD=_pad(Dv))
     return ptrs, scalars, flags
 
 
-def _blocks(dtype: torch.dtype, N: int, Dqk: int, Dv: int) -> tuple[int, int]:
-    """(BM, BN). Untuned (no GPU time yet): 64 x 64 tiles, 32 x 32 where a padded row is >= 512 bytes
-    (fp32 at d >= 128, 16-bit at d = 256) so that two pipeline stages of K and V tiles fit in shared memory;
-    16 x 16 for float64 (gradcheck), short sequences and the interpreter."""
+# Per-kernel tile overrides, kernel name ("fwd", "dkdv", "dq") -> (BM, BN, num_warps, num_stages): for the tile
+# sweep (benchmarks/ops/sweep_hstu_triton.py) and for tests that run uneven tiles under the interpreter.
+TILE_OVERRIDE: dict[str, tuple[int, int, int, int]] = {}
+
+
+def _tiles(kernel: str, dtype: torch.dtype, N: int, Dqk: int, Dv: int) -> tuple[int, int, int, int]:
+    """(BM query rows, BN key rows, num_warps, num_stages) of one kernel. BM x BN is the score tile; for "dkdv"
+    BN is the key block a program owns and BM the query tile it loops over.
+
+    16-bit rows up to 256 bytes (d <= 128): the H100 sweep of 2026-12-06 (benchmarks/ops/sweep_hstu_triton.py,
+    RESULTS.md). Wider rows shrink the tiles until the software pipeline's stages fit in shared memory (fp32 at
+    d = 256 needs 233 KB at 64 x 32); at d = 256 in 16 bits the dK/dV kernel's 32 x 64 tile gave wrong dK on the
+    H100 (Triton 3.6; right under the interpreter), 32 x 32 is right. float64 (gradcheck), short sequences and
+    the interpreter use 16 x 16."""
+    if kernel in TILE_OVERRIDE:
+        return TILE_OVERRIDE[kernel]
     if _INTERPRETED or dtype == torch.float64:
-        return 16, 16
+        return 16, 16, 4, 1
     row_bytes = max(_pad(Dqk), _pad(Dv)) * torch.finfo(dtype).bits // 8
-    blk = 32 if row_bytes >= 512 else 64
-    blk = min(blk, max(16, triton.next_power_of_2(N)))
-    return blk, blk
+    if row_bytes >= 1024:
+        tiles = {"fwd": (32, 32, 4, 2), "dkdv": (16, 32, 4, 2), "dq": (32, 32, 4, 2)}
+    elif row_bytes >= 512:
+        tiles = {"fwd": (64, 32, 4, 2), "dkdv": (32, 32, 4, 2), "dq": (64, 32, 4, 2)}
+    else:
+        tiles = {"fwd": (64, 32, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2)}
+    bm, bn, warps, stages = tiles[kernel]
+    cap = max(16, triton.next_power_of_2(N))
+    return min(bm, cap), min(bn, cap), warps, stages
 
 
 @triton_op("recsys::hstu_attention_triton", mutates_args=())
@@ -360,11 +491,11 @@ def hstu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq
         return out
     ptrs, scalars, flags = _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets,
                                    contextual_seq_len, max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
-    bm, bn = _blocks(q.dtype, max_seq_len, q.shape[2], v.shape[2])
-    wrap_triton(_fwd_kernel)[(triton.cdiv(max_seq_len, bm), B * H)](
+    bm, bn, warps, stages = _tiles("fwd", q.dtype, max_seq_len, q.shape[2], v.shape[2])
+    wrap_triton(_fwd_kernel)[(B * H, triton.cdiv(max_seq_len, bm))](
         q, k, v, out, *ptrs,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        *scalars, **flags, BM=bm, BN=bn, num_warps=4, num_stages=2)
+        *scalars, **flags, BM=bm, BN=bn, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -394,22 +525,24 @@ def hstu_attention_triton_backward(grad_output: torch.Tensor, q: torch.Tensor, k
     ptrs, scalars, flags = _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets,
                                    contextual_seq_len, max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(0), v.stride(1))
-    bm, bn = _blocks(q.dtype, N, Dqk, Dv)
-    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(N, bn), B * H)](
-        q, k, v, do, dk, dv, *ptrs, *strides, *scalars, **flags, BM=bm, BN=bn, num_warps=4, num_stages=2)
+    bm, bn, warps, stages = _tiles("dkdv", q.dtype, N, Dqk, Dv)
+    wrap_triton(_bwd_dkdv_kernel)[(B * H, triton.cdiv(N, bn))](
+        q, k, v, do, dk, dv, *ptrs, *strides, *scalars, **flags, BM=bm, BN=bn, num_warps=warps, num_stages=stages)
+    # With a bias the dQ kernel also reduces the bias gradients per tile, by one-hot sums that grow with the
+    # tile: square 16 x 16 tiles there.
     has_bias = pos_bias is not None or time_bias is not None
-    blk = BIAS_BLOCK if has_bias else bm
-    nblk = triton.cdiv(N, blk)
+    bm, bn, warps, stages = (BIAS_BLOCK, BIAS_BLOCK, 4, 2) if has_bias else _tiles("dq", q.dtype, N, Dqk, Dv)
+    nblk = triton.cdiv(N, bm)
     ch = 32  # buckets per histogram chunk
     nb_pad = max(ch, triton.next_power_of_2(time_bias.shape[0])) if time_bias is not None else ch
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    part_pos = torch.zeros((B * H, nblk, nblk, 2 * blk) if pos_bias is not None else (1,), dtype=acc, device=q.device)
+    part_pos = torch.zeros((B * H, nblk, nblk, 2 * bm) if pos_bias is not None else (1,), dtype=acc, device=q.device)
     part_time = torch.zeros((B * H, nblk, nb_pad) if time_bias is not None else (1,), dtype=acc, device=q.device)
-    wrap_triton(_bwd_dq_kernel)[(nblk, B * H)](
+    wrap_triton(_bwd_dq_kernel)[(B * H, nblk)](
         q, k, v, do, dq, *ptrs, part_pos, part_time, *strides, scalars[0], N, nblk, *scalars[2:], **flags,
-        BM=blk, BN=blk, NB_PAD=nb_pad, CH=ch, num_warps=4, num_stages=2)
+        BM=bm, BN=bn, NB_PAD=nb_pad, CH=ch, num_warps=warps, num_stages=stages)
     if pos_bias is not None:
-        d_pos = _fold_pos(part_pos, N, blk).to(pos_bias.dtype)
+        d_pos = _fold_pos(part_pos, N, bm).to(pos_bias.dtype)
     if time_bias is not None:
         d_time = part_time.double().sum((0, 1))[: time_bias.shape[0]].to(time_bias.dtype)
     return dq, dk, dv, d_pos, d_time

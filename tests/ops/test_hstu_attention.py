@@ -376,6 +376,9 @@ LONG_CONFIGS = {
                                         pos_bias=True, time_bias=True, time_bucket="log"),
     "bidirectional-window-sqrt-bias": dict(causal=False, targets=True, contextual_seq_len=0, max_attn_len=70,
                                            pos_bias=True, time_bias=True, time_bucket="sqrt"),
+    # Causal with targets and no context or window: the kernels' unmasked tiles stop at the first target.
+    "targets-bias": dict(causal=True, targets=True, contextual_seq_len=0, max_attn_len=0, pos_bias=True,
+                         time_bias=True, time_bucket="log"),
 }
 
 
@@ -385,28 +388,47 @@ def long_case(dtype: torch.dtype, Dqk: int, Dv: int, config: str, lengths=(300, 
                     dtype=dtype, seed=seed, **LONG_CONFIGS[config])
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("config", list(LONG_CONFIGS))
-@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (50, 25), (256, 32)], ids=lambda d: f"{d[0]}x{d[1]}")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-def test_cuda_long_sequences_match_float64(dtype, dims, config):
-    require_backend(OP, "cuda", "cuda")
-    inp = long_case(dtype, *dims, config).inputs("cuda")
+def check_long_case(case: HSTUCase, device: str, backend: str) -> None:
+    """Forward and every gradient of one backend against the float64 reference and the same-dtype one."""
+    inp = case.inputs(device)
     exact_in, same_in = upcast(inp), dict(inp)
     for d in (inp, exact_in, same_in):
         for n in GRADS:
             if d[n] is not None:
                 d[n] = d[n].detach().clone().requires_grad_(True)
-    out = run(inp, "cuda")
+    out = run(inp, backend)
     exact = ref.hstu_attention(*positional(exact_in))
     same = ref.hstu_attention(*positional(same_in))
     assert_close_to_reference(out, exact, same, "forward")
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to("cuda")
-    g_out = torch.autograd.grad(out, leaves(inp), grad.to(dtype))
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    g_out = torch.autograd.grad(out, leaves(inp), grad.to(case.dtype))
     g_exact = torch.autograd.grad(exact, leaves(exact_in), grad)
-    g_same = torch.autograd.grad(same, leaves(same_in), grad.to(dtype))
+    g_same = torch.autograd.grad(same, leaves(same_in), grad.to(case.dtype))
     for name, o, e, s in zip([n for n in GRADS if inp[n] is not None], g_out, g_exact, g_same):
         assert_close_to_reference(o, e, s, f"grad_{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("config", list(LONG_CONFIGS))
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (50, 25), (256, 32)], ids=lambda d: f"{d[0]}x{d[1]}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_gpu_long_sequences_match_float64(dtype, dims, config, backend):
+    require_backend(OP, "cuda", backend)
+    check_long_case(long_case(dtype, *dims, config), "cuda", backend)
+
+
+@pytest.mark.parametrize("config", ["causal", "targets-bias", "targets-context-window-bias"])
+@pytest.mark.parametrize("dims", [(32, 16), (25, 50)], ids=lambda d: f"{d[0]}x{d[1]}")
+def test_triton_uneven_tiles_over_long_sequences(dims, config, monkeypatch):
+    """The Triton kernels over many tiles with BM != BN (on the GPU they are 128 x 64 and 64 x 64): unmasked
+    interior tiles, masked diagonal and end tiles, the last partial query block, head dims padded or not."""
+    require_backend(OP, "cpu", "triton")
+    from recsys_kernels.triton import hstu_attention as tri
+
+    monkeypatch.setattr(tri, "TILE_OVERRIDE", {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)})
+    case = long_case(torch.float32, *dims, config, lengths=(70, 0, 49, 33, 16), N=80, H=1)
+    check_long_case(case, "cpu", "triton")
 
 
 @pytest.mark.gpu
