@@ -52,34 +52,9 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     backend = _backend.choose("hstu_attention", q.device)
     if backend == "reference":
         return reference.hstu_attention(*args)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, pos_bias, time_bias)):
-        return _KernelAutograd.apply(backend, *args)
-    return _kernel_ops(backend)[0](*args)
-
-
-def _kernel_ops(backend: str):
-    """(forward, backward) registered ops of a kernel backend (cuda and cpu share the names)."""
     if backend == "triton":
-        return torch.ops.recsys.hstu_attention_triton, torch.ops.recsys.hstu_attention_triton_backward
-    return torch.ops.recsys.hstu_attention, torch.ops.recsys.hstu_attention_backward
-
-
-class _KernelAutograd(torch.autograd.Function):
-    """The kernel backends' autograd, applied here instead of through the registered ops' own (which stays, for
-    callers of torch.ops.recsys.*): torch.library's generic wrapper re-reads the 14-argument schema on every
-    call (torch/_library/utils.py fill_defaults), ~0.1 ms of host time, several times the CUDA op's own."""
-
-    @staticmethod
-    def forward(ctx, backend, *args):  # type: ignore[override]
-        forward_op, backward_op = _kernel_ops(backend)
-        out = forward_op(*args)
-        setup_context(ctx, args, out)
-        ctx.backward_op = backward_op
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
-        return (None, *backward_with(ctx.backward_op)(ctx, grad_output))
+        return torch.ops.recsys.hstu_attention_triton(*args)
+    return torch.ops.recsys.hstu_attention(*args)
 
 
 def _fake(q, k, v, seq_offsets, max_seq_len, alpha, causal=True, num_targets=None, contextual_seq_len=0,
