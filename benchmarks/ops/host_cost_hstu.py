@@ -1,13 +1,16 @@
 """Host cost of one hstu_attention forward call on the GPU: a tiny shape (B = 4, N = 64, H = 1, d = 32) where the
 kernel takes a few microseconds, so back-to-back calls run at the host's pace. Per backend, through
-``recsys_kernels.ops.hstu_attention`` and through the registered op, with seq_offsets on the CPU and on the GPU.
+``recsys_kernels.ops.hstu_attention`` and through the registered op, with seq_offsets on the CPU and on the GPU;
+then where the Triton op's host time goes (cProfile, top functions by own time).
 
     python -m benchmarks.ops.host_cost_hstu            # GPU only
 """
 
 from __future__ import annotations
 
+import cProfile
 import importlib
+import pstats
 import time
 
 import torch
@@ -45,6 +48,10 @@ def main() -> None:
                 raw = per_call_us(lambda: op(q, k, v, offsets, N, 1.0 / d))
                 print(f"{backend:6s} offsets on {where:4s}: ops.hstu_attention {front:6.1f} us/call, "
                       f"registered op {raw:6.1f} us/call", flush=True)
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [ops["triton"](q, k, v, host, N, 1.0 / d) for _ in range(CALLS)])
+        torch.cuda.synchronize()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(14)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ shapes (bias off) and the HSTU model's ML-1M attention (B = 128, N = 200, one he
 
     python -m benchmarks.ops.sweep_hstu_triton            # GPU only
     python -m benchmarks.ops.sweep_hstu_triton --quick    # the first candidate of each kernel, two shapes
+    python -m benchmarks.ops.sweep_hstu_triton --kernels "" --bias   # defaults only, CUDA vs Triton, bias on/off
 
 Each candidate (BM, BN, num_warps, num_stages) is set through ``TILE_OVERRIDE`` for one kernel while the other
 kernels keep their defaults; its output is compared with the default tiles' (same sums in another order, so
@@ -23,8 +24,7 @@ from benchmarks.ops import bench_hstu_attention as bench
 from recsys_kernels.triton import hstu_attention as tri
 
 CANDIDATES = {
-    "fwd": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3),
-            (128, 32, 4, 3)],
+    "fwd": [(64, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2)],
     "dkdv": [(64, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
     "dq": [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3)],
 }
@@ -106,9 +106,12 @@ def sweep_shape(shape: dict[str, int], kernels: dict[str, list[tuple[int, int, i
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--kernels", default="fwd,dkdv,dq",
+                        help="comma-separated subset of fwd, dkdv, dq; empty: only the default tiles, both backends")
+    parser.add_argument("--bias", action="store_true", help="issue 3's shapes with the relative bias on, too")
     args = parser.parse_args(argv)
-    shapes = [s for s in bench.SHAPES if not s["bias"]] + [MODEL_SHAPE, dict(MODEL_SHAPE, bias=0)]
-    kernels = CANDIDATES
+    shapes = [s for s in bench.SHAPES if args.bias or not s["bias"]] + [MODEL_SHAPE, dict(MODEL_SHAPE, bias=0)]
+    kernels = {k: CANDIDATES[k] for k in args.kernels.split(",") if k}
     if args.quick:
         shapes = [shapes[0], MODEL_SHAPE]
         kernels = {k: v[:1] for k, v in CANDIDATES.items()}
