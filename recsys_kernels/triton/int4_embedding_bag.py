@@ -4,14 +4,18 @@
 Layout and semantics: recsys_kernels/reference/int4_embedding_bag.py. Row-wise 4-bit quantization with fp16
 scale and bias is FBGEMM's fused N-bit rowwise format (Khudia et al., 2021).
 
-Lookup: one program per bag (t, b) of the T*B table-major bags. A row of row_bytes(D) bytes is read as
-row_bytes/4 32-bit words straight from the 16-byte-aligned row start (word 0 holds the fp16 scale and
-bias, read separately through an fp16 view; words 1.. hold 8 codes each, low nibble first), BLOCK_L rows of
-the bag at a time, so every row is a few wide loads. Codes are expanded to a (BLOCK_L, WORDS, 8) tile, q *
-scale + bias in float32, optionally times the per-sample weight, summed over the rows and accumulated in
-float32; code (w - 1) * 8 + j is output column j of word w. The QAT kernel
-(recsys_kernels/triton/qat_embedding_bag.py) pools with the same tile shapes, so converted tables give
-bit-identical results.
+Lookup: one lane per 16-byte chunk, as in the CUDA kernel. A row is C = row_bytes(D) / 16 aligned chunks
+(chunk 0: the fp16 scale and bias, then 24 codes; chunk c >= 1: 32 codes; 8 codes a 32-bit word, low nibble
+first). A program takes BAGS bags of one table: lane u owns chunk u % C of every row of bag u // C (30 of 32
+lanes busy at D = 128, BAGS = 6 a warp) and walks its bag BLOCK_L rows a step: BLOCK_L indices, then BLOCK_L
+128-bit chunk loads and 32-bit qparams loads (an L1 hit for c >= 1) in flight. Each lane dequantizes its own
+chunks, so nothing crosses lanes in the loop: no shared memory, no shuffles, no padded words. (The previous
+kernel read a D = 128 row as a 32-word tile for its 20 words, expanded codes across lanes through shared memory
+and so spent 2x the arithmetic a row.) q * scale + bias in float32, times the per-sample weight, is summed over
+the BLOCK_L rows (tl.sum over axis 0) and added to the float32 accumulator: the same sums as the QAT kernel
+(recsys_kernels/triton/qat_embedding_bag.py), which pools (BLOCK_L, WORDS, 8) tiles with the same BLOCK_L
+(bag_config), so converted tables give bit-identical results. Lane column 8 w + j (code j of word w of its
+chunk) is output column 32 c - 8 + 8 w + j.
 
 bounds_check="error": every program checks its bag's offsets, its table's table_offsets entries and its
 indices, and raises a flag; the host reads the flag once after the launch (one device sync) and, when set,
@@ -159,51 +163,97 @@ def _bag_range(off_ptr, k, n_bags, N, CHECK: tl.constexpr):
     return start, stop, bad
 
 
+@triton.jit
+def _pool_code(bits, shift: tl.constexpr, scale, bias, weight):
+    """The code at bits shift..shift+3 of every (row, lane, word), dequantized (and weighted), summed over the
+    rows (axis 0). bits holds the words OR-ed with 0x4B000000 (the float 2**23), so masking leaves the float
+    2**23 + q * 2**shift (shift <= 19) and subtracting 2**23 gives q * 2**shift exactly: one LOP3 and one FADD,
+    no int -> float conversion. Times scale / 2**shift (exact) that is q * scale exactly, so v = q * scale +
+    bias is rounded once, as in the other kernels."""
+    q = (bits & ((15 << shift) | 0x4B000000)).to(tl.float32, bitcast=True) - 8388608.0
+    v = q * (scale * (1.0 / (1 << shift)))[:, :, None] + bias[:, :, None]
+    if weight is not None:
+        v = weight[:, :, None] * v
+    return tl.sum(v, axis=0)
+
+
+@triton.jit
+def _pool_rows(word, scale, bias, weight):
+    """(rows, lanes, 4) words -> (lanes, 32) sums over the rows, column 8 w + j from code j of word w (bits
+    4j..4j+3; codes 5..7 from the word shifted right by 12). The interleaves only rename registers."""
+    hi = (word >> 12) | 0x4B000000
+    word = word | 0x4B000000
+    s0 = _pool_code(word, 0, scale, bias, weight)
+    s1 = _pool_code(word, 4, scale, bias, weight)
+    s2 = _pool_code(word, 8, scale, bias, weight)
+    s3 = _pool_code(word, 12, scale, bias, weight)
+    s4 = _pool_code(word, 16, scale, bias, weight)
+    s5 = _pool_code(hi, 8, scale, bias, weight)
+    s6 = _pool_code(hi, 12, scale, bias, weight)
+    s7 = _pool_code(hi, 16, scale, bias, weight)
+    return tl.interleave(tl.interleave(tl.interleave(s0, s4), tl.interleave(s2, s6)),
+                         tl.interleave(tl.interleave(s1, s5), tl.interleave(s3, s7)))
+
+
 # Sizes are not specialised on (divisibility by 16, == 1): one compiled variant serves every batch.
 @triton.jit(do_not_specialize=["N", "B", "n_bags", "total", "out_stride"])
-def _int4_bag_kernel(words_ptr, half_ptr, idx_ptr, off_ptr, to_ptr, meta_ptr, psw_ptr, out_ptr, err_ptr,
+def _int4_bag_kernel(words_ptr, idx_ptr, off_ptr, to_ptr, meta_ptr, psw_ptr, out_ptr, err_ptr,
                      N, B, n_bags, total, out_stride,
                      HAS_TO: tl.constexpr, UNIFORM: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr,
-                     CHECK: tl.constexpr, BLOCK_L: tl.constexpr, WORDS: tl.constexpr, ROUND_BF16: tl.constexpr):
-    k = tl.program_id(0).to(tl.int64)
-    t = k // B
-    b = k - t * B
-    D = tl.load(meta_ptr + 3 * t)
+                     CHECK: tl.constexpr, BLOCK_L: tl.constexpr, BAGS: tl.constexpr, LANES: tl.constexpr,
+                     ALIGNED: tl.constexpr, ROUND_BF16: tl.constexpr):
+    groups = tl.cdiv(B, BAGS)  # programs a table
+    g = tl.program_id(0) % groups
+    t = (tl.program_id(0) // groups).to(tl.int64)
+    D = tl.load(meta_ptr + 3 * t).to(tl.int32)
     col = tl.load(meta_ptr + 3 * t + 1)
     rb = tl.load(meta_ptr + 3 * t + 2)
     rows, base, broken = _table_extent(to_ptr, meta_ptr, t, rb, total, HAS_TO, UNIFORM)
-    start, stop, bad_bag = _bag_range(off_ptr, k, n_bags, N, CHECK)
-    w = tl.arange(0, WORDS)
-    j = tl.arange(0, 8)
-    shifts = 4 * j
-    acc = tl.zeros((WORDS, 8), tl.float32)
-    n_bad = (broken | bad_bag).to(tl.int32)
-    for p0 in range(start, stop, BLOCK_L):
-        p = p0 + tl.arange(0, BLOCK_L)
-        pm = p < stop
-        r = tl.load(idx_ptr + p, mask=pm, other=0).to(tl.int64)
+    # Lane u: 16-byte chunk u % n_chunks of every row of bag u // n_chunks.
+    n_chunks = (rb // 16).to(tl.int32)
+    u = tl.arange(0, LANES)
+    bag = u // n_chunks
+    chunk = u - bag * n_chunks
+    b = g.to(tl.int64) * BAGS + bag
+    live = (bag < BAGS) & (b < B)
+    start, stop, bad_bag = _bag_range(off_ptr, tl.where(live, t * B + b, 0), n_bags, N, CHECK)
+    stop = tl.where(live, stop, start)
+    n_bad = (live & (broken | bad_bag)).to(tl.int32)
+    i = tl.arange(0, BLOCK_L)
+    w = tl.arange(0, 4)
+    acc = tl.zeros((LANES, 32), tl.float32)
+    for p0 in range(0, tl.max(stop - start, axis=0), BLOCK_L):
+        p = start[None, :] + p0 + i[:, None]  # (BLOCK_L, LANES): BLOCK_L rows of each lane's bag
+        pm = p < stop[None, :]
+        # No contiguity hint: the compiler would spread a bag's consecutive indices over lanes to coalesce them.
+        r = tl.load(idx_ptr + tl.max_contiguous(p, [1, 1]), mask=pm, other=0).to(tl.int64)
         at = base + r * rb
         valid = pm & (r >= 0) & (r < rows) & (at >= 0) & (at + rb <= total)
         if CHECK:
             n_bad += tl.sum((pm & ~valid).to(tl.int32), axis=0)
-        at = tl.where(valid, at, 0)
-        # Rows start on 16-byte boundaries and span whole 16-byte units: 128-bit loads.
-        row_word = tl.multiple_of(at // 4, 4)
-        word = tl.load(words_ptr + row_word[:, None] + w[None, :],
-                       mask=valid[:, None] & ((w[None, :] // 4) < rb // 16), other=0).to(tl.uint32, bitcast=True)
-        scale = tl.load(half_ptr + at // 2, mask=valid, other=0.0).to(tl.float32)
-        bias = tl.load(half_ptr + at // 2 + 1, mask=valid, other=0.0).to(tl.float32)
-        q = ((word[:, :, None] >> shifts[None, None, :]) & 15).to(tl.float32)
-        v = q * scale[:, None, None] + bias[:, None, None]
+        # Rows start on 16-byte boundaries: one 128-bit load of the lane's chunk, one 32-bit load of the qparams.
+        row_word = tl.multiple_of(tl.where(valid, at, 0) // 4, [4, 4])
+        word = tl.load(words_ptr + (row_word + 4 * chunk[None, :])[:, :, None] + w[None, None, :],
+                       mask=valid[:, :, None], other=0).to(tl.uint32, bitcast=True)
+        qp = tl.load(words_ptr + row_word, mask=valid, other=0).to(tl.uint32, bitcast=True)
+        scale = (qp & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        bias = (qp >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        weight = None
         if HAS_PSW:
-            v = tl.load(psw_ptr + p, mask=valid, other=0.0).to(tl.float32)[:, None, None] * v
-        acc += tl.sum(tl.where(valid[:, None, None], v, 0.0), axis=0)
+            weight = tl.load(psw_ptr + p, mask=valid, other=0.0).to(tl.float32)
+        # Rows that do not count have codes, scale and bias 0: v = +0.0, as the masked sum of the QAT kernel.
+        acc += _pool_rows(word, scale, bias, weight)
     if MEAN:
-        acc = acc / tl.maximum(stop - start, 1).to(tl.float32)
-    c = (w[:, None] - 1) * 8 + j[None, :]
-    tl.store(out_ptr + b * out_stride + col + c, _to_out(acc, out_ptr.dtype.element_ty, ROUND_BF16),
-             mask=(w[:, None] >= 1) & (c < D))
+        acc = acc / tl.maximum(stop - start, 1).to(tl.float32)[:, None]
+    c = (chunk * 32 - 8)[:, None] + tl.arange(0, 32)[None, :]
+    dst = b * out_stride + col
+    if ALIGNED:  # every D a multiple of 4: 16-byte output stores
+        dst = tl.multiple_of(dst, 4)
+        D = tl.multiple_of(D, 4)
+    tl.store(out_ptr + dst[:, None] + c, _to_out(acc, out_ptr.dtype.element_ty, ROUND_BF16),
+             mask=live[:, None] & (c >= 0) & (c < D))
     if CHECK:
+        n_bad = tl.max(n_bad, axis=0)
         if n_bad > 0:
             tl.atomic_max(err_ptr, n_bad)
 
@@ -298,11 +348,14 @@ def dequantize_int4_rows_triton(packed: torch.Tensor, D: int, dtype: torch.dtype
 
 
 def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
-    """(BLOCK_L, WORDS, num_warps): rows per step and 32-bit words per row tile (a power of two >= row_bytes/4).
-    One warp per bag and 4 rows a step (one row when bags hold about one, Criteo L = 1): on the H100 at D = 128
-    that beat the earlier 8 rows x 4 warps by 2.1x (T = 1, L = 32) and 2.4x (26 tables, L = 32), and every
-    larger tile was slower (benchmarks/ops/sweep_int4_triton.py, benchmarks/RESULTS.md). Wider rows keep tiles
-    of at most 2048 codes and add a warp per 1024 codes (not measured)."""
+    """(BLOCK_L, WORDS, num_warps), the one choice of tiles for the lookup and the QAT forward, which share
+    BLOCK_L (rows summed a step: the same float32 sums). BLOCK_L is also the lookup's rows in flight a lane;
+    WORDS (a power of two >= row_bytes/4) is the QAT row tile; num_warps is warps a program for both (the
+    lookup's programs hold 32 * num_warps lanes, several bags). 4 rows a step, one warp (one row when bags hold
+    about one, Criteo L = 1): measured on the H100 for the previous lookup (one bag a program), where it beat
+    8 rows x 4 warps by 2.1x and 2.4x at L = 32 (benchmarks/RESULTS.md); for the current lookup, 4 rows keep
+    136 registers a lane on sm_90 (8 rows: 236), not yet timed: benchmarks/ops/sweep_int4_triton.py. Wider
+    rows keep QAT tiles of at most 2048 codes and add a warp per 1024 codes (not measured)."""
     words = _next_pow2(max_row_bytes // 4)
     block_l = 1 if avg_len < 1.5 else max(1, min(4, 2048 // (words * 8)))
     num_warps = max(1, min(4, block_l * words * 8 // 1024))
@@ -333,15 +386,17 @@ def int4_embedding_bag_triton(packed: torch.Tensor, indices: torch.Tensor, offse
     err = torch.zeros(1, dtype=torch.int32, device=packed.device)
     flat = packed.reshape(-1)
     words = flat[: flat.numel() // 4 * 4].view(torch.int32)
-    halfs = flat[: flat.numel() // 2 * 2].view(torch.float16)
-    block_l, n_words, num_warps = bag_config(max(row_bytes(d) for d in D), N / n_bags)
-    wrap_triton(_int4_bag_kernel)[(n_bags,)](
-        words, halfs, indices, offsets, table_offsets if table_offsets is not None else offsets,
+    max_rb = max(row_bytes(d) for d in D)
+    block_l, _, num_warps = bag_config(max_rb, N / n_bags)
+    lanes = max(32 * num_warps, _next_pow2(max_rb // 16))
+    bags = lanes // (max_rb // 16)
+    wrap_triton(_int4_bag_kernel)[(T * triton.cdiv(B, bags),)](
+        words, indices, offsets, table_offsets if table_offsets is not None else offsets,
         table_meta(D, packed.device), per_sample_weights if per_sample_weights is not None else out, out, err,
         N, B, n_bags, flat.numel(), out.stride(0),
         HAS_TO=table_offsets is not None, UNIFORM=len(set(D)) == 1, HAS_PSW=per_sample_weights is not None,
-        MEAN=pooling == "mean", CHECK=check, BLOCK_L=block_l, WORDS=n_words, ROUND_BF16=_round_bf16(output_dtype),
-        num_warps=num_warps)
+        MEAN=pooling == "mean", CHECK=check, BLOCK_L=block_l, BAGS=bags, LANES=lanes,
+        ALIGNED=all(d % 4 == 0 for d in D), ROUND_BF16=_round_bf16(output_dtype), num_warps=lanes // 32)
     if check:
         raise_if_flagged(err, lambda: reference.check_bag_values(packed, indices, offsets, D, table_offsets, B))
     return out
