@@ -9,7 +9,8 @@ Lookup: one lane per 16-byte chunk, as in the CUDA kernel. A row is C = row_byte
 first). A program takes BAGS bags of one table: lane u owns chunk u % C of every row of bag u // C (30 of 32
 lanes busy at D = 128, BAGS = 6 a warp) and walks its bag BLOCK_L rows a step: BLOCK_L indices, then BLOCK_L
 128-bit chunk loads and 32-bit qparams loads (an L1 hit for c >= 1) in flight. Each lane dequantizes its own
-chunks, so nothing crosses lanes in the loop: no shared memory, no shuffles, no padded words. (The previous
+chunks, so nothing crosses lanes in the loop: no shared memory, no shuffles, no padded words (the loads go
+through flat tiles so that Triton 3.6 keeps a lane's rows in its registers as well: _gather). (The previous
 kernel read a D = 128 row as a 32-word tile for its 20 words, expanded codes across lanes through shared memory
 and so spent 2x the arithmetic a row.) q * scale + bias in float32, times the per-sample weight, is summed over
 the BLOCK_L rows (tl.sum over axis 0) and added to the float32 accumulator: the same sums as the QAT kernel
@@ -164,6 +165,19 @@ def _bag_range(off_ptr, k, n_bags, N, CHECK: tl.constexpr):
 
 
 @triton.jit
+def _gather(ptr, offs, mask, VEC: tl.constexpr):
+    """The VEC elements at ptr + VEC * offs (VEC-aligned) where mask, else 0, for every element of an (rows,
+    lanes) tile, as a (rows * lanes, VEC) tile (row-major; the caller reshapes it back). The compiler orders a
+    load's threads by the pointer's contiguity; a (rows, lanes) tile has none along either axis, and Triton 3.6
+    breaks that tie towards the rows (3.8 towards the lanes): rows over threads, shuffles for the row sums and
+    layout conversions through shared memory. The flat tile has no tie, and the reshapes only rename registers:
+    lanes on threads, rows and the VEC elements in each thread's registers."""
+    flat = tl.reshape(offs, (offs.numel,))
+    return tl.load(ptr + (VEC * flat)[:, None] + tl.arange(0, VEC)[None, :],
+                   mask=tl.reshape(mask, (offs.numel,))[:, None], other=0)
+
+
+@triton.jit
 def _pool_code(bits, shift: tl.constexpr, scale, bias, weight):
     """The code at bits shift..shift+3 of every (row, lane, word), dequantized (and weighted), summed over the
     rows (axis 0). bits holds the words OR-ed with 0x4B000000 (the float 2**23), so masking leaves the float
@@ -220,27 +234,25 @@ def _int4_bag_kernel(words_ptr, idx_ptr, off_ptr, to_ptr, meta_ptr, psw_ptr, out
     stop = tl.where(live, stop, start)
     n_bad = (live & (broken | bad_bag)).to(tl.int32)
     i = tl.arange(0, BLOCK_L)
-    w = tl.arange(0, 4)
     acc = tl.zeros((LANES, 32), tl.float32)
     for p0 in range(0, tl.max(stop - start, axis=0), BLOCK_L):
         p = start[None, :] + p0 + i[:, None]  # (BLOCK_L, LANES): BLOCK_L rows of each lane's bag
         pm = p < stop[None, :]
-        # No contiguity hint: the compiler would spread a bag's consecutive indices over lanes to coalesce them.
-        r = tl.load(idx_ptr + tl.max_contiguous(p, [1, 1]), mask=pm, other=0).to(tl.int64)
+        r = tl.reshape(_gather(idx_ptr, p, pm, 1), (BLOCK_L, LANES)).to(tl.int64)
         at = base + r * rb
         valid = pm & (r >= 0) & (r < rows) & (at >= 0) & (at + rb <= total)
         if CHECK:
             n_bad += tl.sum((pm & ~valid).to(tl.int32), axis=0)
         # Rows start on 16-byte boundaries: one 128-bit load of the lane's chunk, one 32-bit load of the qparams.
-        row_word = tl.multiple_of(tl.where(valid, at, 0) // 4, [4, 4])
-        word = tl.load(words_ptr + (row_word + 4 * chunk[None, :])[:, :, None] + w[None, None, :],
-                       mask=valid[:, :, None], other=0).to(tl.uint32, bitcast=True)
-        qp = tl.load(words_ptr + row_word, mask=valid, other=0).to(tl.uint32, bitcast=True)
+        row16 = tl.where(valid, at, 0) >> 4  # at >= 0 where valid
+        word = tl.reshape(_gather(words_ptr, row16 + chunk[None, :], valid, 4),
+                          (BLOCK_L, LANES, 4)).to(tl.uint32, bitcast=True)
+        qp = tl.reshape(_gather(words_ptr, 4 * row16, valid, 1), (BLOCK_L, LANES)).to(tl.uint32, bitcast=True)
         scale = (qp & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
         bias = (qp >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
         weight = None
         if HAS_PSW:
-            weight = tl.load(psw_ptr + p, mask=valid, other=0.0).to(tl.float32)
+            weight = tl.reshape(_gather(psw_ptr, p, valid, 1), (BLOCK_L, LANES)).to(tl.float32)
         # Rows that do not count have codes, scale and bias 0: v = +0.0, as the masked sum of the QAT kernel.
         acc += _pool_rows(word, scale, bias, weight)
     if MEAN:
