@@ -239,6 +239,12 @@ def _fwd_kernel(Q, K, V, O, offsets_ptr, nt_ptr, ts_ptr, pos_ptr, time_ptr,
 
 
 @triton.jit
+def _dscores(s, sig, do, v, like_ptr, BM: tl.constexpr, BN: tl.constexpr):
+    """dS of a (BM, BN) tile without the 1 / N: (dO vᵀ) ⊙ SiLU'(s), SiLU'(s) = σ(s) (1 + s (1 - σ(s)))."""
+    return _dot(do, tl.trans(v), _zeros(BM, BN, like_ptr)) * sig * (1.0 + s * (1.0 - sig))
+
+
+@triton.jit
 def _dkdv_tile(dk, dvacc, k, v, cols, m0, Q, DO, s_ql, s_ol, n, N, alpha, C, W, limit, pos_ptr, ts, time_ptr, NB,
                dq, dv, DQK, DV, CAUSAL: tl.constexpr, TARGETS: tl.constexpr, HAS_CTX: tl.constexpr,
                HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, LOG_BUCKET: tl.constexpr,
@@ -251,7 +257,7 @@ def _dkdv_tile(dk, dvacc, k, v, cols, m0, Q, DO, s_ql, s_ol, n, N, alpha, C, W, 
     s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts, time_ptr, NB, HAS_POS, HAS_TIME, LOG_BUCKET, BM, BN)
     sig = _sigmoid(s, v)
     p = s * sig
-    ds = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr)) * sig * (1.0 + s * (1.0 - sig))
+    ds = _dscores(s, sig, do, v, pos_ptr, BM, BN)
     if MASKED:
         valid = _valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW)
         p = tl.where(valid, p, 0.0)
@@ -330,8 +336,7 @@ def _dq_tile(dq_acc, q, do, rows, n0, K, V, s_kl, s_vl, n, N, alpha, C, W, limit
     k = _load_rows(K, cols, n, s_kl, dq_, DQK, UPCAST, MASKED, not EVEN_QK)
     v = _load_rows(V, cols, n, s_vl, dv, DV, UPCAST, MASKED, not EVEN_V)
     s = _scores(q, k, rows, cols, n, N, alpha, pos_ptr, ts, time_ptr, NB, HAS_POS, HAS_TIME, LOG_BUCKET, BM, BN)
-    sig = _sigmoid(s, v)
-    ds = _dot(do, tl.trans(v), _zeros(BM, BN, pos_ptr)) * sig * (1.0 + s * (1.0 - sig))
+    ds = _dscores(s, _sigmoid(s, v), do, v, pos_ptr, BM, BN)
     if MASKED:
         ds = tl.where(_valid(rows, cols, n, C, W, limit, CAUSAL, TARGETS, HAS_CTX, HAS_WINDOW), ds, 0.0)
     return _dot(ds.to(k.dtype), k, dq_acc), ds
