@@ -26,8 +26,8 @@ MovieLens-100K next-item (943 users, 1,682 items, mean length 106): the ML-1M se
   and its relative time bias hurts here (half of ML-100K's consecutive ratings share a timestamp): hstu-ml-100k-fast
   adds dropout 0.5, lr 2e-3 and a single time bucket (num_buckets 0: the time bias is one learned constant, the
   position bias stays). On the CPU (seed 0, 100 epochs) that took HSTU's test HR@10 / NDCG@10 from 0.174 / 0.092
-  to 0.215 / 0.112, against SASRec's 0.209 / 0.114; over three seeds (CPU) HSTU averages 0.211 / 0.111 and SASRec
-  0.217 / 0.116. 1024 shared negatives, which help on Beauty, overfit HSTU here (0.175 / 0.092).
+  to 0.215 / 0.112, against SASRec's 0.209 / 0.114; over five seeds (CPU) HSTU averages 0.208 / 0.109 and SASRec
+  0.214 / 0.114. 1024 shared negatives, which help on Beauty, overfit HSTU here (0.175 / 0.092).
 MovieLens-100K ratings: pmf-ml-100k-fast is pmf-ml-100k at batch 1024 (4x fewer, fuller steps; 5-fold RMSE 0.9157 on
   the CPU against 0.9101 at batch 256, both under the 0.925 target).
 The epoch counts are caps: the quality run stops each model at its wall-clock budget and keeps the epoch with
