@@ -421,7 +421,7 @@ def test_gpu_long_sequences_match_float64(dtype, dims, config, backend):
 @pytest.mark.parametrize("config", ["causal", "targets-bias", "targets-context-window-bias"])
 @pytest.mark.parametrize("dims", [(32, 16), (25, 50)], ids=lambda d: f"{d[0]}x{d[1]}")
 def test_triton_uneven_tiles_over_long_sequences(dims, config, monkeypatch):
-    """The Triton kernels over many tiles with BM != BN (on the GPU they are 128 x 64 and 64 x 64): unmasked
+    """The Triton kernels over many tiles with BM != BN (on the GPU: 64 x 32 forward, 64 x 64 backward): unmasked
     interior tiles, masked diagonal and end tiles, the last partial query block, head dims padded or not."""
     require_backend(OP, "cpu", "triton")
     from recsys_kernels.triton import hstu_attention as tri
