@@ -82,7 +82,7 @@ def _code(x, bias, inv):
 
 
 @triton.jit(do_not_specialize=["E", "D", "RB", "s_we"])
-def _quantize_kernel(w_ptr, out_ptr, out_half_ptr, E, D, RB, s_we, s_wd,
+def _quantize_kernel(w_ptr, out_ptr, E, D, RB, s_we, s_wd,
                      BLOCK_E: tl.constexpr, HALF: tl.constexpr, PAD: tl.constexpr):
     e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     k = tl.arange(0, HALF)
@@ -102,8 +102,14 @@ def _quantize_kernel(w_ptr, out_ptr, out_half_ptr, E, D, RB, s_we, s_wd,
     byte = (q_lo | (q_hi << 4)).to(tl.uint8)
     base = e.to(tl.int64) * RB
     tl.store(out_ptr + base[:, None] + 4 + k[None, :], byte, mask=m)
-    tl.store(out_half_ptr + base // 2, scale.to(tl.float16), mask=em)
-    tl.store(out_half_ptr + base // 2 + 1, bias.to(tl.float16), mask=em)
+    # The fp16 scale and bias go out as little-endian byte pairs through the one uint8 pointer: a second, fp16
+    # view of `out` would be two aliased kernel arguments, which torch.compile's functionalization copies apart.
+    s16 = scale.to(tl.float16).to(tl.uint16, bitcast=True)
+    b16 = bias.to(tl.float16).to(tl.uint16, bitcast=True)
+    tl.store(out_ptr + base, (s16 & 0xFF).to(tl.uint8), mask=em)
+    tl.store(out_ptr + base + 1, (s16 >> 8).to(tl.uint8), mask=em)
+    tl.store(out_ptr + base + 2, (b16 & 0xFF).to(tl.uint8), mask=em)
+    tl.store(out_ptr + base + 3, (b16 >> 8).to(tl.uint8), mask=em)
     p = tl.arange(0, PAD)
     pad_at = 4 + D // 2 + p
     tl.store(out_ptr + base[:, None] + pad_at[None, :], tl.zeros((BLOCK_E, PAD), tl.uint8),
@@ -336,7 +342,7 @@ def quantize_int4_rows_triton(weight: torch.Tensor) -> torch.Tensor:
     half = _next_pow2(D // 2)
     block_e = max(1, min(64, 2048 // half))
     wrap_triton(_quantize_kernel)[(triton.cdiv(E, block_e),)](
-        w, out, out.view(torch.float16), E, D, rb, w.stride(0), w.stride(1),
+        w, out, E, D, rb, w.stride(0), w.stride(1),
         BLOCK_E=block_e, HALF=half, PAD=16)
     return out
 
@@ -363,14 +369,14 @@ def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
     """(BLOCK_L, WORDS, num_warps), the one choice of tiles for the lookup and the QAT forward, which share
     BLOCK_L (rows summed a step: the same float32 sums). BLOCK_L is also the lookup's rows in flight a lane;
     WORDS (a power of two >= row_bytes/4) is the QAT row tile; num_warps is warps a program for both (the
-    lookup's programs hold 32 * num_warps lanes, several bags). 4 rows a step, one warp (one row when bags hold
-    about one, Criteo L = 1): measured on the H100 for the previous lookup (one bag a program), where it beat
-    8 rows x 4 warps by 2.1x and 2.4x at L = 32 (benchmarks/RESULTS.md); for the current lookup, 4 rows keep
-    136 registers a lane on sm_90 (8 rows: 236), not yet timed: benchmarks/ops/sweep_int4_triton.py. Wider
-    rows keep QAT tiles of at most 2048 codes and add a warp per 1024 codes (not measured)."""
+    lookup's programs hold 32 * num_warps lanes, several bags). From the H100 sweep of 2026-12-06
+    (benchmarks/ops/sweep_int4_triton.py, RESULTS.md), D = 128: 4 rows a step and 4 warps at L = 32 (0.144 ms
+    against 0.150 for one warp, 2.40 against 2.48 ms for 26 tables; 2 and 8 rows within 10%), one row and
+    2 warps for Criteo's L = 1 (0.388 against 0.420 ms for one warp, 0.453 for 8). Wider rows keep QAT tiles
+    of at most 2048 codes (not measured)."""
     words = _next_pow2(max_row_bytes // 4)
     block_l = 1 if avg_len < 1.5 else max(1, min(4, 2048 // (words * 8)))
-    num_warps = max(1, min(4, block_l * words * 8 // 1024))
+    num_warps = 2 if avg_len < 1.5 else 4
     return block_l, words, num_warps
 
 
