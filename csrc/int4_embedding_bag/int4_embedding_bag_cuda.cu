@@ -6,12 +6,12 @@
 // aligned 16-byte units; one thread owns one unit of every row of one bag: unit 0 holds the fp16 scale and bias
 // and 24 codes, unit c >= 1 holds 32 codes (columns 24 + 32 (c - 1) ...). So a row costs C independent 16-byte
 // loads spread over C neighbouring lanes (one coalesced 80-byte request for D = 128), threads of unit c >= 1 read
-// the 4-byte scale/bias word of the row (same sector, an L1 hit), and each thread walks its bag 4 rows at a time
-// (indices, then 4 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
+// the 4-byte scale/bias word of the row (same sector, an L1 hit), and each thread walks its bag 3 rows at a time
+// (indices, then 3 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
 // of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
 // bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
 // "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
-// different D and row counts share the launch (TBE batching) and the table's geometry is computed once a block.
+// different D and row counts share the launch (TBE batching).
 // (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
 // rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
 // 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
@@ -30,7 +30,7 @@ namespace recsys {
 namespace int4_cuda {
 namespace {
 
-constexpr int kUnroll = 4;  // rows in flight per thread
+constexpr int kUnroll = 3;  // rows in flight per thread: 4 spills under the 80-register bound below
 
 // Table t of the block: the largest t with block_start[t] <= blockIdx.x.
 __device__ __forceinline__ int block_table(const TableParams& tp) {
@@ -107,49 +107,52 @@ __device__ __forceinline__ void pool_direct(const RowSource& src, const index_t*
   }
 }
 
+// Table t's first byte and row count in packed, and whether table_offsets are broken there. Every thread works
+// them out for itself (a warp's loads of the same words are one broadcast) rather than thread 0 for its block
+// behind a barrier: that barrier put one more dependent round trip in front of every block's row loads.
+struct TableExtent {
+  int64_t base, rows;
+  bool broken;
+};
+
+__device__ __forceinline__ TableExtent table_extent(const int64_t* __restrict__ table_offsets, const TableParams& tp,
+                                                    int t, int rb, int64_t total_bytes, bool uniform) {
+  if (!table_offsets) return {0, total_bytes / rb, false};
+  const int64_t lo = table_offsets[t], hi = table_offsets[t + 1];
+  int64_t base = 0;
+  if (uniform) {
+    base = lo * rb;
+  } else {
+    for (int u = 0; u < t; ++u) base += max(table_offsets[u + 1] - table_offsets[u], int64_t(0)) * tp.row_bytes[u];
+  }
+  const int64_t rows = max(hi - lo, int64_t(0));
+  return {base, rows, hi < lo || table_offsets[0] != 0 || base + rows * rb > total_bytes};
+}
+
+// Registers: 97 a thread unbounded with 4 rows in flight (16 warps an SM); at most 80 with 3 rows and 3 blocks
+// of 256 threads an SM (24 warps, as the Triton lookup's 2-warp programs reach), no spills on sm_90a. For L = 1
+// each thread has one row in flight, so resident warps are the memory parallelism.
 template <typename index_t, typename offset_t, typename out_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 3)
     int4_bag_kernel(const uint8_t* __restrict__ packed, int64_t total_bytes, const index_t* __restrict__ indices,
                     const offset_t* __restrict__ offsets, const int64_t* __restrict__ table_offsets,
                     const float* __restrict__ psw, out_t* __restrict__ out, int64_t out_stride, int64_t N, int64_t B,
                     bool uniform, bool mean, bool check, int* __restrict__ err, const __grid_constant__ TableParams tp) {
   const int t = block_table(tp);
   const int D = tp.D[t], rb = tp.row_bytes[t], C = rb / 16;
-  __shared__ int64_t s_rows, s_base;
-  __shared__ int s_broken;
-  if (threadIdx.x == 0) {
-    int64_t rows, base = 0;
-    int broken = 0;
-    if (table_offsets) {
-      const int64_t lo = table_offsets[t], hi = table_offsets[t + 1];
-      rows = max(hi - lo, int64_t(0));
-      if (uniform) {
-        base = lo * rb;
-      } else {
-        for (int u = 0; u < t; ++u) base += max(table_offsets[u + 1] - table_offsets[u], int64_t(0)) * tp.row_bytes[u];
-      }
-      broken = hi < lo || table_offsets[0] != 0 || base + rows * rb > total_bytes;
-    } else {
-      rows = total_bytes / rb;
-    }
-    s_rows = rows;
-    s_base = base;
-    s_broken = broken;
-  }
-  __syncthreads();
   const int64_t local = static_cast<int64_t>(blockIdx.x - tp.block_start[t]) * blockDim.x + threadIdx.x;
   if (local >= B * C) return;
   const int64_t b = local / C, k = t * B + b;
   const int c = static_cast<int>(local - b * C);
-  const int64_t rows = s_rows, base = s_base;
+  const TableExtent ext = table_extent(table_offsets, tp, t, rb, total_bytes, uniform);
   int64_t start, stop;
   int bad = 0;
   if (bag_range(offsets, k, static_cast<int64_t>(tp.T) * B, N, start, stop)) bad |= kBadOffsets;
-  if (s_broken && b == 0) bad |= kBadTableOffsets;
+  if (ext.broken && b == 0) bad |= kBadTableOffsets;
   float acc[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-  const RowSource src{packed, total_bytes, base, rows, rb, c};
+  const RowSource src{packed, total_bytes, ext.base, ext.rows, rb, c};
   pool_direct(src, indices, psw, start, stop, acc, bad);
   if (mean && stop > start) {
     const float len = static_cast<float>(stop - start);

@@ -59,7 +59,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets:
     if v.shape[:2] != q.shape[:2]:
         raise ValueError(f"v must have shape (L, H, Dv) with q's L and H, got {tuple(v.shape)} for q {tuple(q.shape)}")
     check_index_device(q, "q", seq_offsets, "seq_offsets")
-    check_offsets(seq_offsets, q.shape[0], "seq_offsets")
+    offsets_read = check_offsets(seq_offsets, q.shape[0], "seq_offsets")
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
     if contextual_seq_len < 0:
@@ -93,11 +93,11 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets:
                              f"{timestamps.dtype}")
         if timestamps.device != q.device:
             raise ValueError(f"timestamps and q must be on the same device, got {timestamps.device} and {q.device}")
-    if _eager(seq_offsets, *(t for t in (num_targets,) if t is not None)):
-        o = seq_offsets.detach().to("cpu", torch.int64)
-        lengths = o[1:] - o[:-1]
-        if lengths.numel() and int(lengths.max()) > max_seq_len:
-            raise ValueError(f"seq_offsets: a sequence of length {int(lengths.max())} exceeds max_seq_len = {max_seq_len}")
+    if offsets_read is not None and (num_targets is None or _eager(num_targets)):
+        lengths = offsets_read.diff()
+        longest = lengths.max().item() if B > 0 else 0
+        if longest > max_seq_len:
+            raise ValueError(f"seq_offsets: a sequence of length {longest} exceeds max_seq_len = {max_seq_len}")
         if num_targets is not None and B > 0:
             nt = num_targets.detach().to("cpu", torch.int64)
             if bool((nt < 0).any()) or bool((nt > lengths).any()):

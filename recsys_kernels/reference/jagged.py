@@ -18,6 +18,7 @@ Static shapes: every output shape depends only on input shapes and the size argu
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int64)
@@ -27,29 +28,30 @@ def _eager(*tensors: torch.Tensor) -> bool:
     """True when the value checks may read the tensors: not under tracing, fake or meta, and not on the HPU
     (reading would break Gaudi's lazy graph; there the reference's clamped gathers keep bad offsets in
     bounds). On CUDA the read is a device sync per call, the price of a clear error before a kernel runs."""
-    from torch._subclasses.fake_tensor import is_fake
-
     if torch.compiler.is_compiling():
         return False
     return not any(t.device.type in ("meta", "hpu") or is_fake(t) for t in tensors)
 
 
-def check_offsets(offsets: torch.Tensor, total_len: int | None, name: str = "offsets") -> None:
+def check_offsets(offsets: torch.Tensor, total_len: int | None, name: str = "offsets") -> torch.Tensor | None:
     """Shape/dtype checks always; value checks (starts at 0, non-decreasing, last <= total_len) in eager mode
-    only (they read the data: a device sync on CUDA)."""
+    only (they read the data: a device sync on CUDA). Returns the int64 CPU copy it read (None when it read
+    nothing), so that callers with more value checks read the offsets once."""
     if offsets.dim() != 1 or offsets.shape[0] < 1:
         raise ValueError(f"{name} must have shape (B + 1,), got {tuple(offsets.shape)}")
     if offsets.dtype not in _INDEX_DTYPES:
         raise ValueError(f"{name} must be int32 or int64, got {offsets.dtype}")
     if not _eager(offsets):
-        return
+        return None
     o = offsets.detach().to("cpu", torch.int64)
-    if int(o[0]) != 0:
-        raise ValueError(f"{name} must start at 0, got {int(o[0])}")
-    if o.shape[0] > 1 and bool((o[1:] < o[:-1]).any()):
+    first, last = o[0].item(), o[-1].item()
+    if first != 0:
+        raise ValueError(f"{name} must start at 0, got {first}")
+    if o.shape[0] > 1 and bool((o.diff() < 0).any()):
         raise ValueError(f"{name} must be non-decreasing")
-    if total_len is not None and int(o[-1]) > total_len:
-        raise ValueError(f"{name}[-1] = {int(o[-1])} is past the number of rows L = {total_len}")
+    if total_len is not None and last > total_len:
+        raise ValueError(f"{name}[-1] = {last} is past the number of rows L = {total_len}")
+    return o
 
 
 def check_lengths(lengths: torch.Tensor) -> None:
@@ -83,8 +85,6 @@ def index_on(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     does not wait for the stream (a copy from pageable memory can)."""
     if idx.device == device:
         return idx
-    from torch._subclasses.fake_tensor import is_fake
-
     if device.type == "cuda" and not torch.compiler.is_compiling() and not is_fake(idx):
         return idx.pin_memory().to(device, non_blocking=True)
     return idx.to(device)

@@ -24,6 +24,8 @@ TRITON_INTERPRET=1, fp16/bf16 tiles are widened to fp32 after loading (the inter
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -475,6 +477,11 @@ def _tiles(kernel: str, dtype: torch.dtype, N: int, Dqk: int, Dv: int) -> tuple[
     the interpreter use 16 x 16."""
     if kernel in TILE_OVERRIDE:
         return TILE_OVERRIDE[kernel]
+    return _default_tiles(kernel, dtype, N, Dqk, Dv)
+
+
+@functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise, on the host's critical path
+def _default_tiles(kernel: str, dtype: torch.dtype, N: int, Dqk: int, Dv: int) -> tuple[int, int, int, int]:
     if _INTERPRETED or dtype == torch.float64:
         return 16, 16, 4, 1
     row_bytes = max(_pad(Dqk), _pad(Dv)) * torch.finfo(dtype).bits // 8
