@@ -1,7 +1,8 @@
 """The one place that decides which kernel runs an op, per call, from the input's device.
 
 For an input on
-  cuda: the CUDA C++ kernel if compiled, else the Triton kernel, else the reference;
+  cuda: the CUDA C++ kernel if compiled, else the Triton kernel, else the reference (Triton first for the ops
+        in TRITON_FIRST, where it measured faster);
   cpu:  the C++ CPU kernel if compiled, else the reference;
   hpu:  the reference, inline (plain aten ops that Gaudi's graph compiler lowers to TPC kernels);
   anything else: the reference.
@@ -25,8 +26,14 @@ import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# CUDA C++ before Triton on GPUs, for every op that has both. Measured for dot_interaction (H100, RESULTS.md:
-# CUDA 1.05-1.44x faster than Triton at the benchmark shapes); not yet measured for the other ops.
+# CUDA C++ before Triton on GPUs, except the ops in TRITON_FIRST. Measured for dot_interaction (H100, RESULTS.md:
+# CUDA 1.05-1.44x faster than Triton at the benchmark shapes), rowwise_adagrad (CUDA 1.2-1.4x) and hstu_attention
+# (CUDA faster at the model's shapes with the bias on, Triton at long sequences without it).
+#
+# int4_embedding_bag: Triton 1.2-1.6x faster than CUDA at 6 of the 7 benchmark rows (H100, RESULTS.md, eighth
+# session: 0.144 vs 0.183 ms one table L = 32, 0.39 vs 0.62 ms 26 tables L = 1, 2.40 vs 3.00 ms L = 32). Its
+# host cost is higher (a Python launch), which only shows for lookups that take well under 0.1 ms.
+TRITON_FIRST = frozenset({"int4_embedding_bag"})
 #
 # op name -> module that registers its Triton ops (imported only when Triton is chosen or probed).
 TRITON_MODULES: dict[str, str] = {
@@ -133,6 +140,8 @@ def choose(op: str, device: torch.device) -> str:
                                f"live backends: {live_backends(op, device.type)}")
         return _override
     if device.type == "cuda":
+        if op in TRITON_FIRST and _can_run(op, "triton", "cuda"):
+            return "triton"
         if _can_run(op, "cuda", "cuda"):
             return "cuda"
         _warn_no_cuda_kernel(op)

@@ -60,6 +60,17 @@ def test_automatic_choice_prefers_compiled_kernels():
     assert _backend.choose("dot_interaction", torch.device("meta")) == "reference"
 
 
+def test_gpu_choice_follows_the_measured_order(monkeypatch):
+    """With both GPU kernels available, CUDA C++ runs an op unless the benchmarks put Triton first for it."""
+    monkeypatch.setattr(_backend, "_can_run", lambda op, backend, device_type: True)
+    cuda = torch.device("cuda")
+    assert _backend.choose("int4_embedding_bag", cuda) == "triton"
+    for op in set(_backend.OPS) - _backend.TRITON_FIRST:
+        assert _backend.choose(op, cuda) == "cuda", op
+    monkeypatch.setattr(_backend, "_can_run", lambda op, backend, device_type: backend != "triton")
+    assert _backend.choose("int4_embedding_bag", cuda) == "cuda"
+
+
 def test_environment_variable_selects_backend():
     result = run_python("""
         import torch, recsys_kernels
