@@ -137,7 +137,7 @@ __device__ __forceinline__ int unit_end_col(int c, int D) { return min(c == 0 ? 
 // (bag, column) space, but each thread's own run is 96-128 bytes wide, so direct 16-byte stores put a warp's 32
 // lanes on 32 different lines a store: at L = 1 (Criteo) the output is 6x the rows read and those scattered
 // stores halved the throughput. Staged, consecutive lanes store consecutive 16-byte units of each output row.
-
+//
 // Registers: 97 a thread unbounded with 4 rows in flight (16 warps an SM); at most 80 with 3 rows and 3 blocks
 // of 256 threads an SM (24 warps, as the Triton lookup's 2-warp programs reach), no spills on sm_90a. For L = 1
 // each thread has one row in flight, so resident warps are the memory parallelism.

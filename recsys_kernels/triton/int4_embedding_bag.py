@@ -366,10 +366,10 @@ def dequantize_int4_rows_triton(packed: torch.Tensor, D: int, dtype: torch.dtype
 
 
 def bag_config(max_row_bytes: int, avg_len: float) -> tuple[int, int, int]:
-    """(BLOCK_L, WORDS, num_warps), the one choice of tiles for the lookup and the QAT forward, which share
-    BLOCK_L (rows summed a step: the same float32 sums). BLOCK_L is also the lookup's rows in flight a lane;
-    WORDS (a power of two >= row_bytes/4) is the QAT row tile; num_warps is warps a program for both (the
-    lookup's programs hold 32 * num_warps lanes, several bags). From the H100 sweep of 2026-12-06
+    """(BLOCK_L, WORDS, num_warps): BLOCK_L, rows summed a step, is shared by the lookup and the QAT forward
+    (the same float32 sums) and is also the lookup's rows in flight a lane; WORDS (a power of two >=
+    row_bytes/4) is the QAT row tile; num_warps is the lookup's warps a program (32 * num_warps lanes, several
+    bags; the QAT kernel picks its own). From the H100 sweep of 2026-12-06
     (benchmarks/ops/sweep_int4_triton.py, RESULTS.md), D = 128: 4 rows a step and 4 warps at L = 32 (0.144 ms
     against 0.150 for one warp, 2.40 against 2.48 ms for 26 tables; 2 and 8 rows within 10%), one row and
     2 warps for Criteo's L = 1 (0.388 against 0.420 ms for one warp, 0.453 for 8). Wider rows keep QAT tiles
