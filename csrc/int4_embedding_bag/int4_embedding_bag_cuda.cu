@@ -10,8 +10,8 @@
 // (indices, then 3 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
 // of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
 // bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
-// "mean", converted once and stored 16 bytes at a time. Blocks belong to one table (block_start), so tables of
-// different D and row counts share the launch (TBE batching).
+// "mean", converted once, and stored 16 bytes at a time through shared memory. Blocks belong to one table
+// (block_start), so tables of different D and row counts share the launch (TBE batching).
 // (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
 // rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
 // 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
