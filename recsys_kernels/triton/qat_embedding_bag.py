@@ -9,9 +9,10 @@ fake-quantized in registers ("row": min/max of the row, fp16 scale and bias, cod
 table's fp16 scale, codes -8..7), weighted, summed over the rows and accumulated in float32 (float64 for
 float64 tests). Bounds checking as in the INT4 kernel (device flag, one host read with bounds_check="error").
 
-Backward: one program per BLOCK_P occurrences; each finds its bag by a vectorised binary search over the
-offsets (so every occurrence is written whatever the offsets), then writes its row index and its gradient
-row grad_output[b, t*D:(t+1)*D] * w_p (/ L), BLOCK_D columns at a time: the values of the sparse gradient.
+Backward: one program per BLOCK_K consecutive bags (about BLOCK_P positions), walking their positions BLOCK_P
+at a time; a position's bag is counted from the program's BLOCK_K bag starts. Each position gets its row index
+and its gradient row grad_output[b, t*D:(t+1)*D] * w_p (/ L), BLOCK_D columns at a time: the values of the
+sparse gradient. (An earlier version binary-searched all the offsets for every position: 16 dependent loads.)
 """
 
 from __future__ import annotations
@@ -102,52 +103,60 @@ def _qat_fwd_kernel(w_ptr, idx_ptr, off_ptr, to_ptr, psw_ptr, scale_ptr, out_ptr
             tl.atomic_max(err_ptr, n_bad)
 
 
-@triton.jit(do_not_specialize=["N", "B", "n_bags", "E", "D", "T", "g_stride", "n_steps"])
+@triton.jit(do_not_specialize=["N", "B", "n_bags", "E", "D", "g_stride"])
 def _qat_bwd_kernel(grad_ptr, idx_ptr, off_ptr, to_ptr, psw_ptr, rows_ptr, out_ptr,
-                    N, B, n_bags, E, D, T, g_stride, n_steps,
+                    N, B, n_bags, E, D, g_stride,
                     HAS_TO: tl.constexpr, HAS_PSW: tl.constexpr, MEAN: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < N
-    # Largest k with offsets[k] <= p: the bag holding p (empty bags skipped).
-    lo = tl.zeros((BLOCK_P,), tl.int64)
-    hi = lo + n_bags - 1
-    for _ in range(n_steps):
-        active = lo < hi
-        mid = (lo + hi + 1) // 2
-        o = tl.load(off_ptr + mid, mask=pm & active, other=0).to(tl.int64)
-        go = o <= p
-        lo, hi = tl.where(active & go, mid, lo), tl.where(active & ~go, mid - 1, hi)
-    k = lo
-    t = k // B
-    b = k - t * B
-    r = tl.load(idx_ptr + p, mask=pm, other=0).to(tl.int64)
-    if HAS_TO:
-        t_lo = tl.load(to_ptr + t, mask=pm, other=0).to(tl.int64)
-        t_rows = tl.maximum(tl.load(to_ptr + t + 1, mask=pm, other=0).to(tl.int64) - t_lo, 0)
-    else:
-        t_lo = r * 0
-        t_rows = t_lo + E
-    glob = t_lo + r
-    keep = pm & (r >= 0) & (r < t_rows) & (glob >= 0) & (glob < E)
-    tl.store(rows_ptr + p, tl.where(keep, glob, 0), mask=pm)
-    scale = tl.zeros((BLOCK_P,), out_ptr.dtype.element_ty) + 1.0
-    if HAS_PSW:
-        scale = tl.load(psw_ptr + p, mask=pm, other=0.0).to(out_ptr.dtype.element_ty)
-    if MEAN:
-        o0 = tl.minimum(tl.maximum(tl.load(off_ptr + k, mask=pm, other=0).to(tl.int64), 0), N)
-        o1 = tl.minimum(tl.maximum(tl.load(off_ptr + k + 1, mask=pm, other=0).to(tl.int64), 0), N)
-        length = tl.maximum(o1 - o0, 1).to(out_ptr.dtype.element_ty)
-    for d0 in range(0, D, BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)
-        dm = d < D
-        g = tl.load(grad_ptr + b[:, None] * g_stride + t[:, None] * D + d[None, :],
-                    mask=keep[:, None] & dm[None, :], other=0.0)
-        val = g * scale[:, None]
+                    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    k0 = tl.program_id(0).to(tl.int64) * BLOCK_K
+    # Positions [x_k0, x_(k0+BLOCK_K)) with x_k = clamp(offsets[k], 0, N), x_0 = 0, x_n_bags = N: the programs
+    # cover [0, N) whatever the offsets (no gradient row left unwritten), each position once for valid offsets.
+    first = tl.minimum(tl.maximum(tl.load(off_ptr + k0).to(tl.int64), 0), N)
+    first = tl.where(k0 == 0, 0, first)
+    k_end = tl.minimum(k0 + BLOCK_K, n_bags)
+    last = tl.minimum(tl.maximum(tl.load(off_ptr + k_end).to(tl.int64), 0), N)
+    last = tl.where(k_end == n_bags, N, last)
+    if BLOCK_K > 1:
+        j = tl.arange(0, BLOCK_K)
+        inner = (j >= 1) & (k0 + j < n_bags)
+        x = tl.minimum(tl.maximum(tl.load(off_ptr + k0 + j, mask=inner, other=0).to(tl.int64), 0), N)
+    for p0 in range(first, last, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < last
+        if BLOCK_K > 1:  # the bag of p: k0 + the number of this program's later bags starting at or before p
+            k = k0 + tl.sum((inner[None, :] & (x[None, :] <= p[:, None])).to(tl.int64), axis=1)
+        else:
+            k = k0 + p * 0
+        t = k // B
+        b = k - t * B
+        r = tl.load(idx_ptr + p, mask=pm, other=0).to(tl.int64)
+        if HAS_TO:
+            t_lo = tl.load(to_ptr + t, mask=pm, other=0).to(tl.int64)
+            t_rows = tl.maximum(tl.load(to_ptr + t + 1, mask=pm, other=0).to(tl.int64) - t_lo, 0)
+        else:
+            t_lo = r * 0
+            t_rows = t_lo + E
+        glob = t_lo + r
+        keep = pm & (r >= 0) & (r < t_rows) & (glob >= 0) & (glob < E)
+        tl.store(rows_ptr + p, tl.where(keep, glob, 0), mask=pm)
+        scale = tl.zeros((BLOCK_P,), out_ptr.dtype.element_ty) + 1.0
+        if HAS_PSW:
+            scale = tl.load(psw_ptr + p, mask=pm, other=0.0).to(out_ptr.dtype.element_ty)
         if MEAN:
-            val = val / length[:, None]
-        val = tl.where(keep[:, None], val, 0.0)
-        tl.store(out_ptr + p[:, None] * D + d[None, :], val, mask=pm[:, None] & dm[None, :])
+            o0 = tl.minimum(tl.maximum(tl.load(off_ptr + k, mask=pm, other=0).to(tl.int64), 0), N)
+            o1 = tl.minimum(tl.maximum(tl.load(off_ptr + k + 1, mask=pm, other=0).to(tl.int64), 0), N)
+            length = tl.maximum(o1 - o0, 1).to(out_ptr.dtype.element_ty)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            dm = d < D
+            g = tl.load(grad_ptr + b[:, None] * g_stride + t[:, None] * D + d[None, :],
+                        mask=keep[:, None] & dm[None, :], other=0.0)
+            val = g * scale[:, None]
+            if MEAN:
+                val = val / length[:, None]
+            val = tl.where(keep[:, None], val, 0.0)
+            tl.store(out_ptr + p[:, None] * D + d[None, :], val, mask=pm[:, None] & dm[None, :],
+                     eviction_policy="evict_first")
 
 
 @triton_op("recsys::qat_embedding_bag_triton", mutates_args=())
@@ -206,12 +215,14 @@ def qat_embedding_bag_triton_backward(grad_output: torch.Tensor, indices: torch.
     g = grad_output.contiguous()
     block_d = min(128, _next_pow2(D))
     block_p = max(1, min(64, 4096 // block_d))
-    wrap_triton(_qat_bwd_kernel)[(triton.cdiv(N, block_p),)](
+    # Bags a program: about BLOCK_P positions' worth (one bag at L >= 32, 32 bags at L = 1).
+    block_k = min(64, _next_pow2(max(1, round(block_p * n_bags / max(N, 1)))))
+    wrap_triton(_qat_bwd_kernel)[(triton.cdiv(n_bags, block_k),)](
         g, indices, offsets, table_offsets if table_offsets is not None else offsets,
         per_sample_weights if per_sample_weights is not None else g, rows, grad_rows,
-        N, B, n_bags, num_rows, D, T, g.stride(0), max(1, n_bags).bit_length(),
+        N, B, n_bags, num_rows, D, g.stride(0),
         HAS_TO=table_offsets is not None, HAS_PSW=per_sample_weights is not None, MEAN=pooling == "mean",
-        BLOCK_P=block_p, BLOCK_D=block_d, num_warps=4)
+        BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=4)
     return rows, grad_rows
 
 
