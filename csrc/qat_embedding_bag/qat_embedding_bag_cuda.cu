@@ -136,18 +136,19 @@ __device__ __forceinline__ std::conditional_t<VEC == 4, float4, float> load_grad
   }
 }
 
-// dst[0, VEC) = g * w (/ len for "mean"), the reference's two roundings; streamed: nothing here reads it again.
+// dst[0, VEC) = g * w (/ len for "mean"), the reference's two roundings. (Plain stores: streaming ones,
+// __stcs, measured 0.8% slower on the H100 at 26 tables, L = 1.)
 template <int VEC>
 __device__ __forceinline__ void store_grad(float* __restrict__ dst, std::conditional_t<VEC == 4, float4, float> g,
                                            float w, float len, bool mean) {
   if constexpr (VEC == 4) {
     g.x = g.x * w; g.y = g.y * w; g.z = g.z * w; g.w = g.w * w;
     if (mean) { g.x = g.x / len; g.y = g.y / len; g.z = g.z / len; g.w = g.w / len; }
-    __stcs(reinterpret_cast<float4*>(dst), g);
+    *reinterpret_cast<float4*>(dst) = g;
   } else {
     g = g * w;
     if (mean) g = g / len;
-    __stcs(dst, g);
+    *dst = g;
   }
 }
 

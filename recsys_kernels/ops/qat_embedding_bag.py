@@ -22,7 +22,8 @@ require grad raises). Under the STE a QAT forward followed by QATEmbeddingBagCol
 INT4 lookup exactly the same output.
 
 Backends (chosen per call by recsys_kernels._backend):
-  cuda      csrc/qat_embedding_bag/qat_embedding_bag_cuda.cu  — rows fake-quantized in registers, warp per bag
+  cuda      csrc/qat_embedding_bag/qat_embedding_bag_cuda.cu  — rows fake-quantized in registers, a warp a bag (8
+            lanes for bags under 8 lookups); backward a warp per ~32 lookups' bags
   triton    recsys_kernels/triton/qat_embedding_bag.py
   cpu       csrc/qat_embedding_bag/qat_embedding_bag_cpu.cpp  — parallel over bags / occurrences
   reference recsys_kernels/reference/qat_embedding_bag.py     — plain torch ops; the HPU path
