@@ -242,7 +242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pmf-folds", type=int, default=5)
     p.add_argument("--pmf-config", default="pmf-ml-100k-fast", help="pmf-ml-100k: batch 256, 4x the steps")
     p.add_argument("--ctr-samples", type=int, default=0, help="synthetic CTR rows (0: the config's)")
-    p.add_argument("--set", nargs="*", default=[], metavar="ROW:KEY=JSON",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="ROW:KEY=JSON",
                    help="override a row's config entry: hstu:lr=2e-3 (every hstu row), beauty/sasrec-ssm:num_blocks=4")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -219,15 +219,20 @@ def _make(data, config: dict) -> RatingsTask:
 registry.register("pmf", _make, CONFIGS, default_config="pmf-ml-100k")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m recsys_kernels.train.ratings_task",
                                 description="k-fold cross-validation of PMF (mean test RMSE/MAE)")
     p.add_argument("--data", default="ml-100k", help="data set name or path (Ratings)")
     p.add_argument("--config", default="pmf-ml-100k", choices=sorted(CONFIGS))
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries (JSON values)")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config entries (JSON values); repeatable")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = dict(CONFIGS[args.config])

@@ -1,0 +1,20 @@
+"""The quality and PMF cross-validation commands keep every --set, repeated or not (argparse's plain nargs="*"
+kept only the last flag's entries, silently)."""
+
+from __future__ import annotations
+
+from benchmarks.models import quality
+from recsys_kernels.train import ratings_task, registry
+
+
+def test_quality_keeps_repeated_sets():
+    args = quality.parse_args(["--set", "hstu:weight_decay=0.1", "--set", "hstu:seed=1", "sasrec:seed=1"])
+    assert args.set == ["hstu:weight_decay=0.1", "hstu:seed=1", "sasrec:seed=1"]
+    registry.load_all()
+    cfg = quality._config(args, "hstu-ml-100k-fast", "hstu")
+    assert cfg["weight_decay"] == 0.1 and cfg["seed"] == 1
+
+
+def test_pmf_cross_validation_keeps_repeated_sets():
+    args = ratings_task.parse_args(["--set", "lr=0.01", "--set", "batch_size=64"])
+    assert args.set == ["lr=0.01", "batch_size=64"]
