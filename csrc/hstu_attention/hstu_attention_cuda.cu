@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
     for_each_score<true>(s, pw, tb, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
                          [&](A& x, bool ok, A y, int, int, int, int) {
-                           x = ok ? y * sigmoid<C::kTC>(y) * pw.inv_n : A(0);
+                           x = ok ? y * sigmoid<T>(y) * pw.inv_n : A(0);
                          });
     gemm_rs<T, MT, OT, BN / 16, true>(o, s, sV + st * BN * LD, LD, scr, lane);
     __syncthreads();  // this stage is free again
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
     for_each_score<true>(s, pw, tb, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
                          [&](A&, bool ok, A x, int bk, int, int nt, int f) {
-                           const A sig = sigmoid<C::kTC>(x);
+                           const A sig = sigmoid<T>(x);
                            ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
                            bucket[nt][f] = bk;
                          });
@@ -464,7 +464,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
     for_each_score<false>(s, pw, tb, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
                           [&](A& x, bool ok, A y, int, int, int nt, int f) {
-                            const A sig = sigmoid<C::kTC>(y);
+                            const A sig = sigmoid<T>(y);
                             x = ok ? y * sig * pw.inv_n : A(0);
                             dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (A(1) + y * (A(1) - sig)) : A(0);
                           });

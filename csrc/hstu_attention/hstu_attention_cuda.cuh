@@ -142,33 +142,19 @@ struct Pointwise {
   const A* tb;   // (nb + 1,)
 };
 
-// Runs f(x, ok, s, bucket, mt, nt, e) over the elements x of an accumulator tile (MT x NT tiles of 16 x 8, C
-// layout) holding the products q·k: ok is the mask, s = alpha x + R the score of a valid pair (0 when masked),
-// bucket its time bucket (-1 when masked). kQueryRows: the tile's rows are queries (forward, dQ), else
-// keys (dK/dV, which works on Sᵀ). row0 / col0: positions of the tile's first row / column; rts / cts: their
-// timestamps in shared memory (ts[next(i)] for queries, ts[j] for keys). full: every pair is valid (no test).
-// Columns are the outer loop so that only the 2 MT rows' data stay in registers. The common case (no bias, tile
-// entirely valid) has its own short loop, so the hot code stays small.
-template <bool kQueryRows, int MT, int NT, typename A, typename F>
-__device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointwise<A>& pw, const A* tb,
-                                               const Mask& m, bool full, int row0, int col0, const int64_t* rts,
-                                               const int64_t* cts, int lane, F&& f) {
-  if (full && !pw.has_pos && !pw.has_time) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) f(acc[mt][nt][e], true, pw.alpha * acc[mt][nt][e], -1, mt, nt, e);
-    return;
-  }
-  const int g = lane >> 2, c = lane & 3;
+// Visits the elements of an accumulator tile (MT x NT tiles of 16 x 8, C layout) with their positions: g(i, j, ii,
+// jj, rts_row, col, mt, nt, e) for query position i, key position j and their mask ids ii, jj (rts_row: the row's
+// index into the row timestamps, col: the column's index into the column timestamps). Columns are the outer loop
+// so that only the 2 MT rows' data stay in registers.
+template <bool kQueryRows, int MT, int NT, typename G>
+__device__ __forceinline__ void for_each_position(const Mask& m, int row0, int col0, int lane, G&& g) {
+  const int gr = lane >> 2, c = lane & 3;
   int rpos[MT][2], rid[MT][2];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      rpos[mt][hr] = row0 + 16 * mt + g + 8 * hr;
+      rpos[mt][hr] = row0 + 16 * mt + gr + 8 * hr;
       rid[mt][hr] = m.id(rpos[mt][hr]);
     }
 #pragma unroll
@@ -176,36 +162,105 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
 #pragma unroll
     for (int ec = 0; ec < 2; ++ec) {
       const int cl = 8 * nt + 2 * c + ec, cpos = col0 + cl, cid = m.id(cpos);
-      const int64_t cts_v = pw.has_time ? cts[cl] : 0;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
           const int i = kQueryRows ? rpos[mt][hr] : cpos, j = kQueryRows ? cpos : rpos[mt][hr];
           const int ii = kQueryRows ? rid[mt][hr] : cid, jj = kQueryRows ? cid : rid[mt][hr];
-          const int e = 2 * hr + ec;
-          const bool ok = full | ((i < m.n) & (j < m.n) && m.valid(i, j, ii, jj));
-          // Computed for every element (no divergent branch); the clamp only matters for padding positions.
-          A s = pw.alpha * acc[mt][nt][e];
-          int bucket = -1;
-          if (pw.has_pos) s += __ldg(pw.pos + min(max(j - i + pw.N - 1, 0), 2 * pw.N - 2));
-          if (pw.has_time) {
-            const int64_t rts_v = rts[16 * mt + g + 8 * hr];
-            bucket = time_bucket(kQueryRows ? rts_v - cts_v : cts_v - rts_v, pw.nb, pw.log_bucket);
-            s += tb[bucket];
-          }
-          f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
+          g(i, j, ii, jj, 16 * mt + gr + 8 * hr, cl, mt, nt, 2 * hr + ec);
         }
     }
 }
 
-// 1 / (1 + e^-x). fp16/bf16 round P to 8-11 bits right after, so the SFU versions are exact enough there;
-// fp32/fp64 use the accurate library functions (the fp32 reference is held to ~1e-6).
-template <bool kFast, typename A>
+// Runs f(x, ok, s, bucket, mt, nt, e) over the elements x of an accumulator tile (MT x NT tiles of 16 x 8, C
+// layout) holding the products q·k: ok is the mask, s = alpha x + R the score of a valid pair (0 when masked),
+// bucket its time bucket (-1 when masked). kQueryRows: the tile's rows are queries (forward, dQ), else
+// keys (dK/dV, which works on Sᵀ). row0 / col0: positions of the tile's first row / column; rts / cts: their
+// timestamps in shared memory (ts[next(i)] for queries, ts[j] for keys). full: every pair is valid (no test).
+// Separate loops, each unrolled over the tile: valid tiles without bias, masked tiles without bias (the plain
+// causal mask, then the general one), and the bias. One loop holding every case took ~120 instructions an element
+// (~7,500 a tile pass, mostly branches around the bias), which made masked tiles instruction-bound.
+template <bool kQueryRows, int MT, int NT, typename A, typename F>
+__device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointwise<A>& pw, const A* tb,
+                                               const Mask& m, bool full, int row0, int col0, const int64_t* rts,
+                                               const int64_t* cts, int lane, F&& f) {
+  if (!pw.has_pos && !pw.has_time) {
+    if (full) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) f(acc[mt][nt][e], true, pw.alpha * acc[mt][nt][e], -1, mt, nt, e);
+    } else if (!m.targets && m.c == 0 && m.w == 0) {
+      // Plain (causal or full) mask: key j is valid for query i iff j <= last(i), the query's last visible key
+      // (i for causal, n - 1 otherwise; -1 past the sequence). One compare an element.
+      const int gr = lane >> 2, c = lane & 3;
+      auto last = [&](int i) { return i < m.n ? (m.causal ? i : m.n - 1) : -1; };
+      int rlast[MT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int rpos = row0 + 16 * mt + gr + 8 * hr;
+          rlast[mt][hr] = kQueryRows ? last(rpos) : rpos;  // keys as rows keep their position
+        }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int ec = 0; ec < 2; ++ec) {
+          const int cpos = col0 + 8 * nt + 2 * c + ec, cl = kQueryRows ? cpos : last(cpos);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              const bool ok = kQueryRows ? cl <= rlast[mt][hr] : rlast[mt][hr] <= cl;  // key <= last(query)
+              const int e = 2 * hr + ec;
+              f(acc[mt][nt][e], ok, ok ? pw.alpha * acc[mt][nt][e] : A(0), -1, mt, nt, e);
+            }
+        }
+    } else {
+      for_each_position<kQueryRows, MT, NT>(m, row0, col0, lane,
+                                            [&](int i, int j, int ii, int jj, int, int, int mt, int nt, int e) {
+        const bool ok = (i < m.n) & (j < m.n) && m.valid(i, j, ii, jj);
+        f(acc[mt][nt][e], ok, ok ? pw.alpha * acc[mt][nt][e] : A(0), -1, mt, nt, e);
+      });
+    }
+    return;
+  }
+  for_each_position<kQueryRows, MT, NT>(m, row0, col0, lane,
+                                        [&](int i, int j, int ii, int jj, int r, int cl, int mt, int nt, int e) {
+    const bool ok = full | ((i < m.n) & (j < m.n) && m.valid(i, j, ii, jj));
+    // Computed for every element (no divergent branch); the clamp only matters for padding positions.
+    A s = pw.alpha * acc[mt][nt][e];
+    int bucket = -1;
+    if (pw.has_pos) s += __ldg(pw.pos + min(max(j - i + pw.N - 1, 0), 2 * pw.N - 2));
+    if (pw.has_time) {
+      bucket = time_bucket(kQueryRows ? rts[r] - cts[cl] : cts[cl] - rts[r], pw.nb, pw.log_bucket);
+      s += tb[bucket];
+    }
+    f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
+  });
+}
+
+// 1 / (1 + e^-x). bf16 rounds P to 8 bits right after, so 0.5 + 0.5 tanh(x / 2) by the one-instruction
+// tanh.approx.f32 (relative error ~2^-11; one special-function op instead of two, as the Triton kernel does); fp16
+// keeps 11 bits, so the SFU exponential and reciprocal; fp32/fp64 use the accurate library functions (the fp32
+// reference is held to ~1e-6).
+template <typename T, typename A>
 __device__ __forceinline__ A sigmoid(A x) {
-  if constexpr (kFast) return __fdividef(1.f, 1.f + __expf(-x));
-  else if constexpr (std::is_same_v<A, float>) return 1.f / (1.f + expf(-x));
-  else return 1.0 / (1.0 + exp(-x));
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    float t;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.5f * x));
+    return fmaf(0.5f, t, 0.5f);
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __fdividef(1.f, 1.f + __expf(-x));
+  } else if constexpr (std::is_same_v<A, float>) {
+    return 1.f / (1.f + expf(-x));
+  } else {
+    return 1.0 / (1.0 + exp(-x));
+  }
 }
 
 // ---------------------------------------------------------------- loaders

@@ -477,6 +477,8 @@ def _tiles(kernel: str, dtype: torch.dtype, N: int, Dqk: int, Dv: int) -> tuple[
     the interpreter use 16 x 16."""
     if kernel in TILE_OVERRIDE:
         return TILE_OVERRIDE[kernel]
+    if not all(type(x) is int for x in (N, Dqk, Dv)):  # SymInts (dynamic-shape tracing) are unhashable: no cache
+        return _default_tiles.__wrapped__(kernel, dtype, N, Dqk, Dv)
     return _default_tiles(kernel, dtype, N, Dqk, Dv)
 
 
