@@ -53,8 +53,9 @@ struct Cfg {
   static constexpr int kWarps = kTC || DP * sizeof(T) <= 512 ? 4 : 2;
   static constexpr int kThreads = 32 * kWarps;
   // Tile sizes keep the fp32 accumulators of a warp (O or dQ or dK + dV, plus S and dP) within 255 registers
-  // without spills at every head dim; 32 query rows per warp halve the shared-memory reads per mma where they fit
-  // (the 128 x 32 / 64 x 64 choice of FlashAttention-2 at head dim 128).
+  // (ptxas, sm_90a: at most 8 bytes of spills, in the 16-bit dQ and fp64 forward kernels at d = 64 / 128); 32 query
+  // rows per warp halve the shared-memory reads per mma where they fit (the 128 x 32 / 64 x 64 choice of
+  // FlashAttention-2 at head dim 128).
   static constexpr int kFwdWM = kTC && DP <= 128 ? 32 : 16;      // forward: query rows per warp
   static constexpr int kFwdBM = kWarps * kFwdWM;
   static constexpr int kFwdBN = kTC && DP <= 64 ? 64 : 32;       // forward: key tile

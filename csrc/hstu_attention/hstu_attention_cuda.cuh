@@ -195,7 +195,9 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
           for (int e = 0; e < 4; ++e) f(acc[mt][nt][e], true, pw.alpha * acc[mt][nt][e], -1, mt, nt, e);
     } else if (!m.targets && m.c == 0 && m.w == 0) {
       // Plain (causal or full) mask: key j is valid for query i iff j <= last(i), the query's last visible key
-      // (i for causal, n - 1 otherwise; -1 past the sequence). One compare an element.
+      // (i for causal, n - 1 otherwise; -1 past the sequence). One compare an element. Its own loop, with last()
+      // hoisted per row / column: written through for_each_position, bf16/fp16 compile to the same code but the
+      // fp32 dK/dV kernels spill 36-44 bytes.
       const int gr = lane >> 2, c = lane & 3;
       auto last = [&](int i) { return i < m.n ? (m.causal ? i : m.n - 1) : -1; };
       int rlast[MT][2];
