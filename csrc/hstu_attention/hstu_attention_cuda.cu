@@ -20,8 +20,8 @@
 // (dQ += dS K) and also reduces the bias gradient dR = dS (unrounded, summed over heads): per tile, the
 // diagonal sums of dS (one thread per diagonal, fixed order, carried across neighbouring tiles) go to a
 // per-program slice of a scratch buffer indexed by j - i, and the time buckets go to per-warp histograms
-// (lanes of equal bucket combined by a fixed shuffle tree). Two small kernels then sum the slices in a fixed
-// order. Every result is bit-identical run to run.
+// (8 copies a warp in shared memory, the 4 lanes of a copy adding in turn). Two small kernels then sum the
+// slices in a fixed order. Every result is bit-identical run to run.
 //
 // Work lists: the host (which reads seq_offsets anyway for the input checks) lists the non-empty programs, so
 // max_seq_len far above the real lengths costs nothing, programs of one (sequence, head) run side by side
@@ -35,6 +35,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -71,6 +74,8 @@ struct Work {
   int b, h, blk, chunk;
 };
 
+constexpr int kHistCopies = 8;  // dQ kernel: time-histogram copies a warp in shared memory
+
 template <typename A>
 struct Params {
   const void *q, *k, *v, *dout;
@@ -100,7 +105,7 @@ struct Carve {
 
 template <typename T, int DP>
 struct FwdSmem {
-  size_t q, k, v, kts, qts, tb, scr, total;
+  size_t q, k, v, kts, qts, tb, oct, scr, total;
   __host__ __device__ FwdSmem(int stages, bool time, bool tb_smem, int nbins) {
     using C = Cfg<T, DP>;
     const size_t row = C::kLd * sizeof(T);
@@ -111,6 +116,7 @@ struct FwdSmem {
     kts = c.take(time ? stages * C::kFwdBN * 8 : 0);
     qts = c.take(time ? C::kFwdBM * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(acc_t<T>) : 0);
+    oct = c.take(time ? kOctaves * sizeof(int4) : 0);
     scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kFwdBN + 1) * sizeof(acc_t<T>));
     total = c.top;
   }
@@ -118,7 +124,7 @@ struct FwdSmem {
 
 template <typename T, int DP>
 struct DqSmem {
-  size_t q, dout, k, v, kts, qts, tb, ds, carry, hist, scr, total;
+  size_t q, dout, k, v, kts, qts, tb, oct, ds, carry, hist, scr, total;
   __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, int nbins, bool pos, bool hist_smem) {
     using C = Cfg<T, DP>;
     using A = acc_t<T>;
@@ -131,9 +137,10 @@ struct DqSmem {
     kts = c.take(time ? stages * C::kDqBN * 8 : 0);
     qts = c.take(time ? C::kDqBM * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(A) : 0);
+    oct = c.take(time ? kOctaves * sizeof(int4) : 0);
     ds = c.take(pos ? C::kDqBM * (C::kDqBN + 1) * sizeof(A) : 0);
     carry = c.take(pos ? 2 * C::kDqBM * sizeof(A) : 0);
-    hist = c.take(hist_smem ? C::kWarps * nbins * sizeof(A) : 0);
+    hist = c.take(hist_smem ? C::kWarps * kHistCopies * nbins * sizeof(A) : 0);
     scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kDqBN + 1) * sizeof(A));
     total = c.top;
   }
@@ -141,7 +148,7 @@ struct DqSmem {
 
 template <typename T, int DP>
 struct KvSmem {
-  size_t k, v, q, dout, qts, kts, tb, scr, total;
+  size_t k, v, q, dout, qts, kts, tb, oct, scr, total;
   __host__ __device__ KvSmem(int stages, bool time, bool tb_smem, int nbins) {
     using C = Cfg<T, DP>;
     const size_t row = C::kLd * sizeof(T);
@@ -153,6 +160,7 @@ struct KvSmem {
     qts = c.take(time ? stages * C::kKvBM * 8 : 0);
     kts = c.take(time ? C::kKvBN * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(acc_t<T>) : 0);
+    oct = c.take(time ? kOctaves * sizeof(int4) : 0);
     scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kKvBM + 1) * sizeof(acc_t<T>));
     total = c.top;
   }
@@ -171,8 +179,12 @@ __device__ __forceinline__ Seq sequence(const Params<A>& p, int b) {
 }
 
 // The time table goes to shared memory when small (gathers there are cheap); else it is read from global.
+// The "log" bucket table always does (1 KB). The kernels' first barrier comes before any use.
 template <typename A>
-__device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb) {
+__device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb, int4* s_oct) {
+  if (!p.pw.has_time) return nullptr;
+  if (p.pw.log_bucket)
+    for (int i = threadIdx.x; i < kOctaves; i += blockDim.x) s_oct[i] = p.pw.octaves[i];
   if (!p.tb_in_smem) return p.pw.tb;
   for (int i = threadIdx.x; i <= p.pw.nb; i += blockDim.x) s_tb[i] = p.pw.tb[i];
   return s_tb;
@@ -199,7 +211,9 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb));
+  int4* oct = reinterpret_cast<int4*>(smem + L.oct);
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), oct);
+  const A* tb_s = p.pw.has_time && p.tb_in_smem ? reinterpret_cast<const A*>(smem + L.tb) : nullptr;
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -233,7 +247,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     zero(s);
     gemm_ss<T, MT, NT, DP / 16, false>(s, sQ + warp * WM * LD, LD, sK + st * BN * LD, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<true>(s, pw, tb, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
+    for_each_score<true>(s, pw, tb, tb_s, oct, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
                          [&](A& x, bool ok, A y, int, int, int, int) {
                            x = ok ? y * sigmoid<T>(y) * pw.inv_n : A(0);
                          });
@@ -250,12 +264,16 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
 }
 
 // ---------------------------------------------------------------- backward: dQ and the bias partials
-template <typename T, int DP>
-__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> p) {
+// kTime: the time bias is on. Without it the bucket code is compiled out, which keeps the registers of the
+// bias-free kernel (bf16 at d = 64: 168 registers, 12 warps an SM; 255 with the histogram code).
+template <typename T, int DP, bool kTime>
+__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> params) {
   using C = Cfg<T, DP>;
   using A = acc_t<T>;
   constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
+  Params<A> p = params;
+  p.pw.has_time = kTime;  // a constant from here on
   const int nbins = p.pw.nb + 1;
   const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
@@ -274,7 +292,9 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb));
+  int4* oct = reinterpret_cast<int4*>(smem + L.oct);
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), oct);
+  const A* tb_s = p.pw.has_time && p.tb_in_smem ? reinterpret_cast<const A*>(smem + L.tb) : nullptr;
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -291,12 +311,15 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     part_pos = p.part_pos + p.pos_base[wk.b] + (static_cast<int64_t>(wk.h) * nmb + wk.blk) * U;
     if (tid < BM) sCarry[tid] = A(0);
   }
+  // Time histogram: in shared memory kHistCopies copies a warp, copy g = lane / 4 taking lanes 4g .. 4g + 3 in
+  // four rounds; else (too many buckets) the warp's one histogram in part_time, lanes one at a time.
   A* hist = nullptr;
+  const int copies = p.hist_in_smem ? kHistCopies : 1, rounds = 32 / copies;
   if (pw.has_time) {
     A* mine = p.part_time + static_cast<int64_t>(blockIdx.x) * W * nbins;
     A* all = p.hist_in_smem ? reinterpret_cast<A*>(smem + L.hist) : mine;
-    for (int i = tid; i < W * nbins; i += blockDim.x) all[i] = A(0);
-    hist = all + warp * nbins;
+    for (int i = tid; i < W * copies * nbins; i += blockDim.x) all[i] = A(0);
+    hist = all + warp * copies * nbins + lane / rounds;
   }
 
   load_tile<T, BM, DP, LD>(sQ, qh, p.ldq, m0, m.n, p.Dqk, p.vec);
@@ -331,31 +354,25 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     gemm_ss<T, 1, NT, DP / 16, false>(s, sQ + warp * 16 * LD, LD, k_s, LD, lane);
     gemm_ss<T, 1, NT, DP / 16, false>(ds, sO + warp * 16 * LD, LD, sV + st * BN * LD, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<true>(s, pw, tb, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
+    for_each_score<true>(s, pw, tb, tb_s, oct, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
                          [&](A&, bool ok, A x, int bk, int, int nt, int f) {
                            const A sig = sigmoid<T>(x);
                            ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
                            bucket[nt][f] = bk;
                          });
-    if (pw.has_time) {
-      // Lanes holding the same bucket in this slot are summed by a fixed shuffle tree (commutative pairwise
-      // adds: every lane gets the same bits); lane 0 alone updates the warp's histogram, in slot order.
+    if (kTime) {
+      // Deterministic without atomics: in round r only lanes with lane % rounds == r add, each to its own copy
+      // (no two active lanes share an address), so every copy sums its lanes' values in a fixed order.
+      for (int r = 0; r < rounds; ++r) {
+        if (lane % rounds == r) {
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+          for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int f = 0; f < 4; ++f) {
-          const int key = bucket[nt][f];
-          unsigned pending = __ballot_sync(0xffffffffu, key >= 0);
-          while (pending) {
-            const int k = __shfl_sync(0xffffffffu, key, __ffs(pending) - 1);
-            const bool mine = key == k;
-            pending &= ~__ballot_sync(0xffffffffu, mine);
-            A sum = mine ? ds[0][nt][f] : A(0);
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-            if (lane == 0) hist[k] += sum;
-          }
+            for (int f = 0; f < 4; ++f)
+              if (bucket[nt][f] >= 0) hist[bucket[nt][f] * copies] += ds[0][nt][f];
         }
+        __syncwarp();
+      }
     }
     if (pw.has_pos) {
 #pragma unroll
@@ -380,10 +397,15 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   }
   cp_async_wait<0>();
   __syncthreads();
-  if (pw.has_time && p.hist_in_smem) {
+  if (pw.has_time && p.hist_in_smem) {  // the copies' sum, per warp and bucket, in copy order
     const A* all = reinterpret_cast<const A*>(smem + L.hist);
     A* mine = p.part_time + static_cast<int64_t>(blockIdx.x) * W * nbins;
-    for (int i = tid; i < W * nbins; i += blockDim.x) mine[i] = all[i];
+    for (int i = tid; i < W * nbins; i += blockDim.x) {
+      const A* c = all + (i / nbins * nbins * kHistCopies) + i % nbins * kHistCopies;
+      A sum = c[0];
+      for (int g = 1; g < kHistCopies; ++g) sum += c[g];
+      mine[i] = sum;
+    }
   }
   acc_to_smem<T, 1, QT>(sQ + warp * 16 * LD, LD, dq, pw.alpha, lane);
   __syncthreads();
@@ -413,7 +435,9 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   const Mask& m = sq.m;
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n), c0 = wk.chunk * CH;
   const Pointwise<A>& pw = p.pw;
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb));
+  int4* oct = reinterpret_cast<int4*>(smem + L.oct);
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), oct);
+  const A* tb_s = p.pw.has_time && p.tb_in_smem ? reinterpret_cast<const A*>(smem + L.tb) : nullptr;
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -463,7 +487,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
     gemm_ss<T, 1, NT, DP / 16, false>(s, sK + warp * 16 * LD, LD, q_s, LD, lane);
     gemm_ss<T, 1, NT, DP / 16, false>(dp, sV + warp * 16 * LD, LD, o_s, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<false>(s, pw, tb, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
+    for_each_score<false>(s, pw, tb, tb_s, oct, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
                           [&](A& x, bool ok, A y, int, int, int nt, int f) {
                             const A sig = sigmoid<T>(y);
                             x = ok ? y * sig * pw.inv_n : A(0);
@@ -539,8 +563,8 @@ std::optional<at::Tensor> shadow(const std::optional<at::Tensor>& t) {
 }
 
 struct Inputs {
-  HstuShape s;
-  at::Tensor offsets, num_targets, ts, pos, tb;  // device tensors in the kernels' formats
+  HstuShape s;                // with seq_offsets and num_targets on the host (they go up with the work lists)
+  at::Tensor ts, pos, tb;     // device tensors in the kernels' formats
 };
 
 Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& seq_offsets,
@@ -573,8 +597,6 @@ Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   TORCH_CHECK(!time_bias.has_value() || time_bias->size(0) <= (int64_t{1} << 30),
               "time_bias: at most 2^30 buckets for the CUDA kernel, got ", fmt(time_bias->size(0)));
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  in.offsets = index_on(seq_offsets.to(at::kLong), q.device());
-  if (num_targets.has_value()) in.num_targets = index_on(num_targets->to(at::kInt), q.device());
   if (time_bias.has_value()) {
     in.ts = timestamps->to(at::kLong).contiguous();
     in.tb = time_bias->to(acc).contiguous();
@@ -583,12 +605,50 @@ Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   return in;
 }
 
+// The "log" bucket table of time_bucket for nb buckets: per octave e of x = float(|diff|), {bucket of 2^e, the
+// mantissas where the bucket steps up (INT32_MAX: none)}, from the formula itself by bisection (it is
+// monotone in x). Built once per (device, nb) and kept: ~6k evaluations of the formula.
+const int4* log_octaves(int64_t nb, const at::Device& device) {
+  static std::mutex mutex;
+  static auto* cache = new std::map<std::pair<int, int64_t>, at::Tensor>();  // never freed: outlives CUDA teardown
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto& table = (*cache)[{device.index(), nb}];
+  if (!table.defined()) {
+    std::vector<int32_t> host(kOctaves * 4, std::numeric_limits<int32_t>::max());
+    for (int e = 0; e < kOctaves; ++e) {
+      auto at = [&](int32_t m) {
+        const uint32_t bits = static_cast<uint32_t>(e + 127) << 23 | static_cast<uint32_t>(m);
+        float x;
+        std::memcpy(&x, &bits, sizeof x);
+        return hstu_time_bucket_of(x, nb, true);
+      };
+      int32_t* row = host.data() + 4 * e;
+      int64_t k = at(0);
+      row[0] = static_cast<int32_t>(k);
+      for (int32_t lo = 0, steps = 0; at(0x7fffff) > k; ++steps) {
+        int32_t hi = 0x7fffff;  // smallest m in (lo, hi] with a larger bucket
+        while (lo < hi) {
+          const int32_t mid = lo + (hi - lo) / 2;
+          if (at(mid) > k) hi = mid;
+          else lo = mid + 1;
+        }
+        TORCH_CHECK(steps < 3 && at(lo) == k + 1, "hstu_attention (CUDA): log bucket table, octave ", e,
+                    ": more than three single steps");  // ln 2 / 0.301 = 2.3 buckets an octave: cannot happen
+        row[1 + steps] = lo;
+        k += 1;
+      }
+    }
+    auto pinned = at::empty({kOctaves * 4}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    std::memcpy(pinned.data_ptr(), host.data(), host.size() * sizeof(int32_t));
+    table = pinned.to(device, /*non_blocking=*/false);
+  }
+  return reinterpret_cast<const int4*>(table.const_data_ptr<int32_t>());
+}
+
 template <typename A>
 Params<A> make_params(const Inputs& in, double alpha, bool causal, int64_t contextual_seq_len, int64_t max_attn_len) {
   const HstuShape& s = in.s;
   Params<A> p{};
-  p.offsets = in.offsets.const_data_ptr<int64_t>();
-  p.num_targets = in.num_targets.defined() ? in.num_targets.const_data_ptr<int>() : nullptr;
   p.ts = in.ts.defined() ? in.ts.const_data_ptr<int64_t>() : nullptr;
   p.pw.alpha = static_cast<A>(alpha);
   p.pw.inv_n = A(1) / static_cast<A>(s.N);
@@ -599,6 +659,7 @@ Params<A> make_params(const Inputs& in, double alpha, bool causal, int64_t conte
   p.pw.pos = p.pw.has_pos ? in.pos.const_data_ptr<A>() : nullptr;
   p.pw.tb = p.pw.has_time ? in.tb.const_data_ptr<A>() : nullptr;
   p.pw.nb = p.pw.has_time ? static_cast<int>(in.tb.size(0)) - 1 : 0;
+  p.pw.octaves = p.pw.has_time && s.log_bucket ? log_octaves(p.pw.nb, in.tb.device()) : nullptr;
   p.ldq = s.H * s.Dqk;
   p.ldv = s.H * s.Dv;
   p.H = static_cast<int>(s.H);
@@ -607,7 +668,7 @@ Params<A> make_params(const Inputs& in, double alpha, bool causal, int64_t conte
   p.c = static_cast<int>(std::min(contextual_seq_len, s.N + 1));  // see Mask
   p.w = static_cast<int>(std::min(max_attn_len, s.N));
   p.causal = causal;
-  p.targets = in.num_targets.defined();
+  p.targets = !s.num_targets.empty();
   p.tb_in_smem = p.pw.has_time && (p.pw.nb + 1) * sizeof(A) <= 8192;
   return p;
 }
@@ -644,15 +705,47 @@ std::vector<Work> key_work(const HstuShape& s, int BN, int chunks) {
   return w;
 }
 
-// Host vector -> device, through pinned memory and an asynchronous copy on the current stream.
-template <typename X>
-at::Tensor upload(const std::vector<X>& host, const at::Device& device) {
-  static_assert(sizeof(X) % sizeof(int32_t) == 0, "uploaded as int32 words");
-  const int64_t words = static_cast<int64_t>(host.size() * sizeof(X) / sizeof(int32_t));
-  auto pinned = at::empty({words}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-  if (words) std::memcpy(pinned.data_ptr(), host.data(), host.size() * sizeof(X));
-  return pinned.to(device, at::kInt, /*non_blocking=*/true);
-}
+// Host arrays bound for the device, packed into one pinned buffer (16-byte aligned slots) and sent by one
+// asynchronous copy on the current stream. Each small copy costs ~10-20 us of host time (aten::to,
+// cudaMemcpyAsync), and a backward used to make four: seq_offsets, two work lists, the pos partials' bases.
+class Upload {
+ public:
+  template <typename X>
+  int64_t add(const std::vector<X>& host) {  // the slot's first int32 word
+    static_assert(sizeof(X) % sizeof(int32_t) == 0, "uploaded as int32 words");
+    const int64_t at = (static_cast<int64_t>(words_.size()) + 3) / 4 * 4;
+    words_.resize(at + host.size() * sizeof(X) / sizeof(int32_t));
+    if (!host.empty()) std::memcpy(words_.data() + at, host.data(), host.size() * sizeof(X));
+    return at;
+  }
+  void send(const at::Device& device) {
+    auto pinned = at::empty({std::max<int64_t>(static_cast<int64_t>(words_.size()), 1)},
+                            at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    if (!words_.empty()) std::memcpy(pinned.data_ptr(), words_.data(), words_.size() * sizeof(int32_t));
+    sent_ = pinned.to(device, at::kInt, /*non_blocking=*/true);
+  }
+  template <typename X>
+  const X* on_device(int64_t slot) const {
+    return reinterpret_cast<const X*>(sent_.const_data_ptr<int32_t>() + slot);
+  }
+
+ private:
+  std::vector<int32_t> words_;
+  at::Tensor sent_;
+};
+
+// The sequences' offsets and num_targets, in the kernels' formats (int64, int32).
+struct SequenceSlots {
+  int64_t offsets, num_targets;
+  SequenceSlots(Upload& up, const HstuShape& s)
+      : offsets(up.add(s.offsets)),
+        num_targets(up.add(std::vector<int32_t>(s.num_targets.begin(), s.num_targets.end()))) {}
+  template <typename A>
+  void attach(const Upload& up, Params<A>& p) const {
+    p.offsets = up.on_device<int64_t>(offsets);
+    p.num_targets = p.targets ? up.on_device<int>(num_targets) : nullptr;
+  }
+};
 
 int smem_optin(int dev) {
   int v = 0;
@@ -695,8 +788,12 @@ void run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
                   FwdSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins), smem_optin(q.get_device()), "forward");
   p.stages = stages;
   const auto work = query_work(in.s, C::kFwdBM);
-  const at::Tensor work_d = upload(work, q.device());
-  p.work = reinterpret_cast<const Work*>(work_d.const_data_ptr<int>());
+  Upload up;
+  const SequenceSlots seqs(up, in.s);
+  const int64_t work_slot = up.add(work);
+  up.send(q.device());
+  seqs.attach(up, p);
+  p.work = up.on_device<Work>(work_slot);
   launch(hstu_fwd_kernel<T, DP>, work.size(), C::kThreads, smem, p);
 }
 
@@ -718,6 +815,26 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
   p.vec = vectorizable(sizeof(T), s.Dqk, s.Dv, {p.q, p.k, p.v, p.dout, p.dq, p.dk, p.dv});
   const int nbins = p.pw.nb + 1, limit = smem_optin(q.get_device());
   const auto dev = q.device();
+  constexpr int BM = C::kDqBM, BN = C::kDqBN, W = C::kWarps;
+
+  // Everything the two kernels read from the host, in one copy.
+  Upload up;
+  const SequenceSlots seqs(up, s);
+  const auto kv_work = key_work(s, C::kKvBN, DP / C::kChunk);
+  const auto work = query_work(s, BM);
+  const int64_t kv_work_slot = up.add(kv_work), work_slot = up.add(work);
+  int64_t pos_total = 0, pos_base_slot = 0;
+  if (p.pw.has_pos) {
+    std::vector<int64_t> pos_base(s.B);
+    for (int64_t b = 0; b < s.B; ++b) {
+      const int64_t n = s.offsets[b + 1] - s.offsets[b];
+      pos_base[b] = pos_total;
+      pos_total += n ? s.H * ((n + BM - 1) / BM) * (n + BM - 1) : 0;
+    }
+    pos_base_slot = up.add(pos_base);
+  }
+  up.send(dev);
+  seqs.attach(up, p);
 
   // dK, dV
   {
@@ -725,43 +842,31 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
                                             KvSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins), limit, "dK/dV");
     auto pk = p;
     pk.stages = stages;
-    const auto work = key_work(s, C::kKvBN, DP / C::kChunk);
-    const at::Tensor work_d = upload(work, dev);
-    pk.work = reinterpret_cast<const Work*>(work_d.const_data_ptr<int>());
-    launch(hstu_dkdv_kernel<T, DP>, work.size(), C::kThreads, smem, pk);
+    pk.work = up.on_device<Work>(kv_work_slot);
+    launch(hstu_dkdv_kernel<T, DP>, kv_work.size(), C::kThreads, smem, pk);
   }
 
   // dQ and the bias partials
-  constexpr int BM = C::kDqBM, BN = C::kDqBN, W = C::kWarps;
-  const auto work = query_work(s, BM);
-  const at::Tensor work_d = upload(work, dev);
-  p.work = reinterpret_cast<const Work*>(work_d.const_data_ptr<int>());
+  p.work = up.on_device<Work>(work_slot);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor part_pos, part_time, pos_base_d;
+  at::Tensor part_pos, part_time;
   if (p.pw.has_pos) {
-    std::vector<int64_t> pos_base(s.B);
-    int64_t total = 0;
-    for (int64_t b = 0; b < s.B; ++b) {
-      const int64_t n = s.offsets[b + 1] - s.offsets[b];
-      pos_base[b] = total;
-      total += n ? s.H * ((n + BM - 1) / BM) * (n + BM - 1) : 0;
-    }
-    pos_base_d = upload(pos_base, dev);
-    p.pos_base = reinterpret_cast<const int64_t*>(pos_base_d.const_data_ptr<int>());
-    part_pos = at::empty({std::max<int64_t>(total, 1)}, q.options().dtype(acc));
+    p.pos_base = up.on_device<int64_t>(pos_base_slot);
+    part_pos = at::empty({std::max<int64_t>(pos_total, 1)}, q.options().dtype(acc));
     p.part_pos = part_pos.data_ptr<A>();
   }
   if (p.pw.has_time) {
     part_time = at::empty({std::max<int64_t>(static_cast<int64_t>(work.size()) * W * nbins, 1)}, q.options().dtype(acc));
     p.part_time = part_time.data_ptr<A>();
   }
-  p.hist_in_smem = p.pw.has_time && W * nbins * sizeof(A) <= 16384;
+  p.hist_in_smem = p.pw.has_time && W * kHistCopies * nbins * sizeof(A) <= 32768;
   {
     const auto [stages, smem] =
         pick_stages(DqSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem),
                     DqSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem), limit, "dQ");
     p.stages = stages;
-    launch(hstu_dq_kernel<T, DP>, work.size(), C::kThreads, smem, p);
+    if (p.pw.has_time) launch(hstu_dq_kernel<T, DP, true>, work.size(), C::kThreads, smem, p);
+    else launch(hstu_dq_kernel<T, DP, false>, work.size(), C::kThreads, smem, p);
   }
 
   // Bias gradients: fixed-order sums of the partials.

@@ -113,22 +113,25 @@ __host__ __device__ __forceinline__ bool tile_full(const Mask& m, int r0, int r1
 }
 
 // ---------------------------------------------------------------- relative bias
-// hstu_time_bucket, the float32 formula of every backend. "log" starts from a cheap guess (log2 on the SFU)
-// and runs the exact formula (out of line: it is long and rare) only when the guess lies within 1e-3 of a
-// bucket edge; the guess is off by less than 1e-4, so the bucket is always the exact one. "sqrt" is exact
-// as written (IEEE sqrtf; |diff| < 2^63 keeps the root in int64).
-__device__ __noinline__ int exact_time_bucket(int64_t diff, int nb, bool log_bucket) {
-  return static_cast<int>(hstu_time_bucket(diff, nb, log_bucket));
-}
-__device__ __forceinline__ int time_bucket(int64_t diff, int nb, bool log_bucket) {
-  const float x = static_cast<float>(diff < 0 ? -diff : diff);
+// hstu_time_bucket, the float32 formula of every backend, exactly. "log" needs no logarithm: x = float(|diff|)
+// in octave e (2^e <= x < 2^(e + 1), e = 0..63; x = 0 reads octave 0, all bucket 0) has bucket base + (m >= t0)
+// + (m >= t1) + (m >= t2), m its 23 mantissa bits. An octave spans ln 2 / 0.301 = 2.3 buckets, so three
+// thresholds suffice; the host tabulates them from hstu_time_bucket_of (log_octaves in hstu_attention_cuda.cu).
+// One int64-to-float conversion, a 16-byte table read and integer compares: the SFU log2 guess with an
+// out-of-line exact call near bucket edges, which this replaced, cost ~4x the instructions an element (the
+// call's register saves sat in the unrolled loop). "sqrt" is exact as written (IEEE sqrtf; the root of
+// |diff| < 2^63 fits int64).
+constexpr int kOctaves = 64;  // float(|diff|) < 2^64
+
+__device__ __forceinline__ int time_bucket(int64_t diff, int nb, bool log_bucket, const int4* octaves) {
+  const float x = static_cast<float>(diff);  // float(|diff|) = |float(diff)|: rounding is symmetric
   if (log_bucket) {
-    if (x <= 1.f) return 0;
-    const float guess = __log2f(x) * 2.3028145533553f;  // log2(x) * ln(2) / 0.301
-    if (fabsf(guess - rintf(guess)) > 1e-3f) return min(static_cast<int>(guess), nb);
-    return exact_time_bucket(diff, nb, true);
+    const unsigned bits = __float_as_uint(x) & 0x7fffffffu;
+    const int4 o = octaves[max(static_cast<int>(bits >> 23) - 127, 0)];
+    const int m = static_cast<int>(bits & 0x7fffffu);
+    return o.x + (m >= o.y) + (m >= o.z) + (m >= o.w);
   }
-  const int64_t k = static_cast<int64_t>(sqrtf(x));
+  const int64_t k = static_cast<int64_t>(sqrtf(fabsf(x)));
   return k < nb ? static_cast<int>(k) : nb;
 }
 
@@ -138,8 +141,9 @@ struct Pointwise {
   A alpha, inv_n;
   int N, nb;
   bool has_pos, has_time, log_bucket;
-  const A* pos;  // (2N - 1,)
-  const A* tb;   // (nb + 1,)
+  const A* pos;         // (2N - 1,)
+  const A* tb;          // (nb + 1,)
+  const int4* octaves;  // (64,) "log" bucket table, see time_bucket
 };
 
 // Visits the elements of an accumulator tile (MT x NT tiles of 16 x 8, C layout) with their positions: g(i, j, ii,
@@ -173,18 +177,55 @@ __device__ __forceinline__ void for_each_position(const Mask& m, int row0, int c
     }
 }
 
+// Visits the elements of an accumulator tile under the plain (causal or full) mask, no targets, context or window:
+// g(ok, rl, cl, mt, nt, e) with rl / cl the element's row / column within the tile. Key j is valid for query i iff
+// j <= last(i), the query's last visible key (i for causal, n - 1 otherwise; -1 past the sequence): one compare
+// an element, last() hoisted per row / column. Its own loop rather than through for_each_position: with the ids
+// of the general mask in the same loop, the fp32 dK/dV kernels spilled 36-44 bytes.
+template <bool kQueryRows, int MT, int NT, typename G>
+__device__ __forceinline__ void for_each_plain(const Mask& m, int row0, int col0, int lane, G&& g) {
+  const int gr = lane >> 2, c = lane & 3;
+  auto last = [&](int i) { return i < m.n ? (m.causal ? i : m.n - 1) : -1; };
+  int rlast[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int rpos = row0 + 16 * mt + gr + 8 * hr;
+      rlast[mt][hr] = kQueryRows ? last(rpos) : rpos;  // keys as rows keep their position
+    }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int ec = 0; ec < 2; ++ec) {
+      const int cl = 8 * nt + 2 * c + ec, cpos = col0 + cl, ckey = kQueryRows ? cpos : last(cpos);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const bool ok = kQueryRows ? ckey <= rlast[mt][hr] : rlast[mt][hr] <= ckey;  // key <= last(query)
+          g(ok, 16 * mt + gr + 8 * hr, cl, mt, nt, 2 * hr + ec);
+        }
+    }
+}
+
 // Runs f(x, ok, s, bucket, mt, nt, e) over the elements x of an accumulator tile (MT x NT tiles of 16 x 8, C
 // layout) holding the products q·k: ok is the mask, s = alpha x + R the score of a valid pair (0 when masked),
-// bucket its time bucket (-1 when masked). kQueryRows: the tile's rows are queries (forward, dQ), else
-// keys (dK/dV, which works on Sᵀ). row0 / col0: positions of the tile's first row / column; rts / cts: their
-// timestamps in shared memory (ts[next(i)] for queries, ts[j] for keys). full: every pair is valid (no test).
-// Separate loops, each unrolled over the tile: valid tiles without bias, masked tiles without bias (the plain
-// causal mask, then the general one), and the bias. One loop holding every case took ~120 instructions an element
-// (~7,500 a tile pass, mostly branches around the bias), which made masked tiles instruction-bound.
+// bucket its time bucket (-1 when masked or without time bias). kQueryRows: the tile's rows are queries (forward,
+// dQ), else keys (dK/dV, which works on Sᵀ). row0 / col0: positions of the tile's first row / column; rts / cts:
+// their timestamps in shared memory (ts[next(i)] for queries, ts[j] for keys); tb: the time table (shared or
+// global memory), tb_s: the same in shared memory or null; oct: the "log" bucket table (time_bucket). full: every
+// pair is valid (no test).
+// Separate loops, each unrolled over the tile: without bias (valid tiles, the plain mask, the general mask), the
+// bias of the HSTU models (both tables, "log" buckets, plain mask, time table in shared memory: no branch in
+// the loop), and every other bias case. One loop holding every case took ~120 instructions an element (~7,500
+// a tile pass, mostly branches around the bias), which made masked tiles instruction-bound; branches left in a
+// loop also serialise it (each element waits for the last one's loads).
 template <bool kQueryRows, int MT, int NT, typename A, typename F>
 __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointwise<A>& pw, const A* tb,
-                                               const Mask& m, bool full, int row0, int col0, const int64_t* rts,
-                                               const int64_t* cts, int lane, F&& f) {
+                                               const A* tb_s, const int4* oct, const Mask& m, bool full, int row0,
+                                               int col0, const int64_t* rts, const int64_t* cts, int lane, F&& f) {
+  const bool plain = !m.targets && m.c == 0 && m.w == 0;
   if (!pw.has_pos && !pw.has_time) {
     if (full) {
 #pragma unroll
@@ -193,35 +234,10 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) f(acc[mt][nt][e], true, pw.alpha * acc[mt][nt][e], -1, mt, nt, e);
-    } else if (!m.targets && m.c == 0 && m.w == 0) {
-      // Plain (causal or full) mask: key j is valid for query i iff j <= last(i), the query's last visible key
-      // (i for causal, n - 1 otherwise; -1 past the sequence). One compare an element. Its own loop, with last()
-      // hoisted per row / column: written through for_each_position, bf16/fp16 compile to the same code but the
-      // fp32 dK/dV kernels spill 36-44 bytes.
-      const int gr = lane >> 2, c = lane & 3;
-      auto last = [&](int i) { return i < m.n ? (m.causal ? i : m.n - 1) : -1; };
-      int rlast[MT][2];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int rpos = row0 + 16 * mt + gr + 8 * hr;
-          rlast[mt][hr] = kQueryRows ? last(rpos) : rpos;  // keys as rows keep their position
-        }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int ec = 0; ec < 2; ++ec) {
-          const int cpos = col0 + 8 * nt + 2 * c + ec, cl = kQueryRows ? cpos : last(cpos);
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-              const bool ok = kQueryRows ? cl <= rlast[mt][hr] : rlast[mt][hr] <= cl;  // key <= last(query)
-              const int e = 2 * hr + ec;
-              f(acc[mt][nt][e], ok, ok ? pw.alpha * acc[mt][nt][e] : A(0), -1, mt, nt, e);
-            }
-        }
+    } else if (plain) {
+      for_each_plain<kQueryRows, MT, NT>(m, row0, col0, lane, [&](bool ok, int, int, int mt, int nt, int e) {
+        f(acc[mt][nt][e], ok, ok ? pw.alpha * acc[mt][nt][e] : A(0), -1, mt, nt, e);
+      });
     } else {
       for_each_position<kQueryRows, MT, NT>(m, row0, col0, lane,
                                             [&](int i, int j, int ii, int jj, int, int, int mt, int nt, int e) {
@@ -229,6 +245,17 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
         f(acc[mt][nt][e], ok, ok ? pw.alpha * acc[mt][nt][e] : A(0), -1, mt, nt, e);
       });
     }
+    return;
+  }
+  if (pw.has_pos && pw.has_time && pw.log_bucket && tb_s != nullptr && plain) {
+    const int gr = lane >> 2, c = lane & 3;
+    for_each_plain<kQueryRows, MT, NT>(m, row0, col0, lane, [&](bool ok, int rl, int cl, int mt, int nt, int e) {
+      const int hr = e >> 1, ec = e & 1, rpos = row0 + 16 * mt + gr + 8 * hr, cpos = col0 + 8 * nt + 2 * c + ec;
+      const int i = kQueryRows ? rpos : cpos, j = kQueryRows ? cpos : rpos;
+      const int bucket = time_bucket(kQueryRows ? rts[rl] - cts[cl] : cts[cl] - rts[rl], pw.nb, true, oct);
+      const A s = pw.alpha * acc[mt][nt][e] + (ok ? __ldg(pw.pos + (j - i + pw.N - 1)) : A(0)) + tb_s[bucket];
+      f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
+    });
     return;
   }
   for_each_position<kQueryRows, MT, NT>(m, row0, col0, lane,
@@ -239,7 +266,7 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
     int bucket = -1;
     if (pw.has_pos) s += __ldg(pw.pos + min(max(j - i + pw.N - 1, 0), 2 * pw.N - 2));
     if (pw.has_time) {
-      bucket = time_bucket(kQueryRows ? rts[r] - cts[cl] : cts[cl] - rts[r], pw.nb, pw.log_bucket);
+      bucket = time_bucket(kQueryRows ? rts[r] - cts[cl] : cts[cl] - rts[r], pw.nb, pw.log_bucket, oct);
       s += tb[bucket];
     }
     f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
