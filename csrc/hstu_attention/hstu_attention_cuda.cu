@@ -950,10 +950,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hstu_atte
   auto dk = at::empty({s.L, s.H, s.Dqk}, q.options());
   auto dv = at::empty({s.L, s.H, s.Dv}, q.options());
   for (auto* x : {&dq, &dk, &dv}) zero_tail(*x, s);
-  // The bias gradients are fully written by the reduction, or stay zero when no sequence has a row.
-  auto d_pos = at::zeros({pos_bias.has_value() ? pos_bias->size(0) : 0}, q.options());
-  auto d_time = at::zeros({time_bias.has_value() ? time_bias->size(0) : 0}, q.options());
-  if (s.offsets.back() == 0) return {dq, dk, dv, d_pos, d_time};
+  // The bias gradients are fully written by the reduction, or are zero when no sequence has a row.
+  const bool empty = s.offsets.back() == 0;
+  auto bias_grad = [&](const std::optional<at::Tensor>& table) {
+    const int64_t n = table.has_value() ? table->size(0) : 0;
+    return empty ? at::zeros({n}, q.options()) : at::empty({n}, q.options());
+  };
+  auto d_pos = bias_grad(pos_bias), d_time = bias_grad(time_bias);
+  if (empty) return {dq, dk, dv, d_pos, d_time};
   const auto go = grad_output.contiguous(), qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   dispatch(q.scalar_type(), std::max(s.Dqk, s.Dv), [&](auto tag, auto dp) {
     run_backward<decltype(tag), decltype(dp)::value>(go, qc, kc, vc, dq, dk, dv, d_pos, d_time, in, alpha, causal,
