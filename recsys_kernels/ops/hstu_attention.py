@@ -24,7 +24,7 @@ backwards (no atomics); the reference's is autograd's, whose index_select backwa
 Backends (chosen per call by recsys_kernels._backend):
   cuda      csrc/hstu_attention/hstu_attention_cuda.cu — mma.sync tiles (fp32/fp64 on CUDA cores), bias and
             masks in the kernel, deterministic backward without atomics. The CUDA default: on the H100 it is
-            the fastest backend with the bias on (forward+backward 3-7x Triton's) and a call costs ~0.05 ms of
+            the fastest backend with the bias on (forward+backward 3-5x Triton's) and a call costs ~0.05 ms of
             host time against Triton's ~0.28 ms, which decides the HSTU models' small, biased attention
             (benchmarks/RESULTS.md)
   triton    recsys_kernels/triton/hstu_attention.py — wgmma tiles, bias in the kernel, deterministic backward
