@@ -12,26 +12,13 @@ from __future__ import annotations
 import cProfile
 import pstats
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.ops import bench_hstu_attention
+from benchmarks.ops.host_cost_hstu import per_call_us
 from recsys_kernels import ops, use_backend
-
-CALLS = 200
-
-
-def per_call_us(fn) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(CALLS):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / CALLS * 1e6
 
 
 def main(bias: bool) -> None:
