@@ -248,10 +248,8 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
     return;
   }
   if (pw.has_pos && pw.has_time && pw.log_bucket && tb_s != nullptr && plain) {
-    const int gr = lane >> 2, c = lane & 3;
     for_each_plain<kQueryRows, MT, NT>(m, row0, col0, lane, [&](bool ok, int rl, int cl, int mt, int nt, int e) {
-      const int hr = e >> 1, ec = e & 1, rpos = row0 + 16 * mt + gr + 8 * hr, cpos = col0 + 8 * nt + 2 * c + ec;
-      const int i = kQueryRows ? rpos : cpos, j = kQueryRows ? cpos : rpos;
+      const int i = kQueryRows ? row0 + rl : col0 + cl, j = kQueryRows ? col0 + cl : row0 + rl;
       const int bucket = time_bucket(kQueryRows ? rts[rl] - cts[cl] : cts[cl] - rts[rl], pw.nb, true, oct);
       const A s = pw.alpha * acc[mt][nt][e] + (ok ? __ldg(pw.pos + (j - i + pw.N - 1)) : A(0)) + tb_s[bucket];
       f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
