@@ -192,7 +192,8 @@ __device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb, int4
 
 // Each kernel is built twice: kBias false (no bias table given) compiles the bias code out. With the bias
 // loops in the same kernel the bias-free forward ran 8-14% slower on the H100, though it never runs them
-// (registers: bf16 d = 128 went from 251 to 255 plus 32 bytes of spills; split: 238, none).
+// (registers: bf16 d = 128 went from 251 to 255 plus 32 bytes of spills; split: 238, none), and the dQ
+// histogram code took the bias-free bf16 dQ kernel at d = 64 from 168 to 255 registers.
 template <bool kBias, typename A>
 __device__ __forceinline__ Params<A> specialise(const Params<A>& params) {
   Params<A> p = params;
@@ -275,16 +276,13 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
 }
 
 // ---------------------------------------------------------------- backward: dQ and the bias partials
-// kTime: the time bias is on. Without it the bucket code is compiled out, which keeps the registers of the
-// bias-free kernel (bf16 at d = 64: 168 registers, 12 warps an SM; 255 with the histogram code).
-template <typename T, int DP, bool kTime>
+template <typename T, int DP, bool kBias>
 __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> params) {
   using C = Cfg<T, DP>;
   using A = acc_t<T>;
+  const Params<A> p = specialise<kBias>(params);
   constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
-  Params<A> p = params;
-  p.pw.has_time = kTime;  // a constant from here on
   const int nbins = p.pw.nb + 1;
   const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
@@ -371,7 +369,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
                            ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
                            bucket[nt][f] = bk;
                          });
-    if (kTime) {
+    if (pw.has_time) {
       // Deterministic without atomics: in round r only lanes with lane % rounds == r add, each to its own copy
       // (no two active lanes share an address), so every copy sums its lanes' values in a fixed order.
       for (int r = 0; r < rounds; ++r) {
@@ -870,7 +868,8 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     p.part_pos = part_pos.data_ptr<A>();
   }
   if (p.pw.has_time) {
-    part_time = at::empty({std::max<int64_t>(static_cast<int64_t>(work.size()) * W * nbins, 1)}, q.options().dtype(acc));
+    const int64_t len = static_cast<int64_t>(work.size()) * W * nbins;
+    part_time = at::empty({std::max<int64_t>(len, 1)}, q.options().dtype(acc));
     p.part_time = part_time.data_ptr<A>();
   }
   p.hist_in_smem = p.pw.has_time && W * kHistCopies * nbins * sizeof(A) <= 32768;
@@ -879,7 +878,7 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
         pick_stages(DqSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem),
                     DqSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem), limit, "dQ");
     p.stages = stages;
-    const auto kernel = p.pw.has_time ? hstu_dq_kernel<T, DP, true> : hstu_dq_kernel<T, DP, false>;
+    const auto kernel = p.pw.has_pos || p.pw.has_time ? hstu_dq_kernel<T, DP, true> : hstu_dq_kernel<T, DP, false>;
     launch(kernel, work.size(), C::kThreads, smem, p);
   }
 
