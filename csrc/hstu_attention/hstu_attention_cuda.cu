@@ -19,9 +19,9 @@
 // (S and dP recomputed transposed, dV += Pᵀ dO, dK += dSᵀ Q); a dQ kernel per query block walks its key tiles
 // (dQ += dS K) and also reduces the bias gradient dR = dS (unrounded, summed over heads): per tile, the
 // diagonal sums of dS (one thread per diagonal, fixed order, carried across neighbouring tiles) go to a
-// per-program slice of a scratch buffer indexed by j - i, and the time buckets go to per-warp histograms
-// (8 copies a warp in shared memory, the 4 lanes of a copy adding in turn). Two small kernels then sum the
-// slices in a fixed order. Every result is bit-identical run to run.
+// per-program slice of a scratch buffer indexed by j - i, and the time buckets to a per-program histogram kept
+// in integers (exact_histogram.cuh: shared-memory atomics, exact sums). Two small kernels then sum the slices
+// in a fixed order. Every result is bit-identical run to run.
 //
 // Work lists: the host (which reads seq_offsets anyway for the input checks) lists the non-empty programs, so
 // max_seq_len far above the real lengths costs nothing, programs of one (sequence, head) run side by side
@@ -41,6 +41,7 @@
 #include <tuple>
 #include <vector>
 
+#include "hstu_attention/exact_histogram.cuh"
 #include "hstu_attention/hstu_attention_cuda.cuh"
 
 namespace recsys {
@@ -74,8 +75,6 @@ struct Work {
   int b, h, blk, chunk;
 };
 
-constexpr int kHistCopies = 8;  // dQ kernel: time-histogram copies a warp in shared memory
-
 template <typename A>
 struct Params {
   const void *q, *k, *v, *dout;
@@ -86,11 +85,13 @@ struct Params {
   const Work* work;          // this launch's programs
   const int64_t* pos_base;   // (B,) first pos partial of each sequence (dQ kernel)
   A* part_pos;               // dQ kernel: per program, diagonal sums of dS by j - i
-  A* part_time;              // dQ kernel: per program and warp, dS summed by time bucket
+  double* part_time;         // dQ kernel: per program, dS summed by time bucket (2 nbins, value of bin x at 2x)
+  const A* norms;            // dQ kernel: max squared row norms of dO and V (row_norm_max_kernel)
   Pointwise<A> pw;
   int64_t ldq, ldv;          // row strides H * Dqk, H * Dv
   int H, Dqk, Dv, c, w, stages;
-  bool causal, targets, vec, tb_in_smem, hist_in_smem;
+  int hist_copies;           // dQ kernel: time-histogram copies in shared memory; 0: one, in part_time
+  bool causal, targets, vec, tb_in_smem, hist_wide;
 };
 
 // Shared-memory carving, evaluated identically on the host (size) and in the kernels (offsets).
@@ -125,7 +126,7 @@ struct FwdSmem {
 template <typename T, int DP>
 struct DqSmem {
   size_t q, dout, k, v, kts, qts, tb, oct, ds, carry, hist, scr, total;
-  __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, int nbins, bool pos, bool hist_smem) {
+  __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, int nbins, bool pos, int hist_copies, bool wide) {
     using C = Cfg<T, DP>;
     using A = acc_t<T>;
     const size_t row = C::kLd * sizeof(T);
@@ -140,7 +141,7 @@ struct DqSmem {
     oct = c.take(time ? kOctaves * sizeof(int4) : 0);
     ds = c.take(pos ? C::kDqBM * (C::kDqBN + 1) * sizeof(A) : 0);
     carry = c.take(pos ? 2 * C::kDqBM * sizeof(A) : 0);
-    hist = c.take(hist_smem ? C::kWarps * kHistCopies * nbins * sizeof(A) : 0);
+    hist = c.take(time ? size_t{1} * hist_cell_bytes(wide) * hist_copies * nbins : 0);
     scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kDqBN + 1) * sizeof(A));
     total = c.top;
   }
@@ -284,7 +285,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   const int nbins = p.pw.nb + 1;
-  const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem);
+  const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_copies, p.hist_wide);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sO = reinterpret_cast<T*>(smem + L.dout);
   T* sK = reinterpret_cast<T*>(smem + L.k);
@@ -320,15 +321,19 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     part_pos = p.part_pos + p.pos_base[wk.b] + (static_cast<int64_t>(wk.h) * nmb + wk.blk) * U;
     if (tid < BM) sCarry[tid] = A(0);
   }
-  // Time histogram: in shared memory kHistCopies copies a warp, copy g = lane / 4 taking lanes 4g .. 4g + 3 in
-  // four rounds; else (too many buckets) the warp's one histogram in part_time, lanes one at a time.
-  A* hist = nullptr;
-  const int copies = p.hist_in_smem ? kHistCopies : 1, rounds = 32 / copies;
+  // Time histogram, exact (exact_histogram.cuh): in shared memory, or (too many buckets) in this program's
+  // slice of part_time, 16 bytes a bin (its two words, in 2 copies or one of 64 bits); bin x's value then goes
+  // to the slice's double 2x.
+  double* time_out = p.part_time + static_cast<int64_t>(blockIdx.x) * 2 * nbins;
+  ExactHist<A> hist;
   if (pw.has_time) {
-    A* mine = p.part_time + static_cast<int64_t>(blockIdx.x) * W * nbins;
-    A* all = p.hist_in_smem ? reinterpret_cast<A*>(smem + L.hist) : mine;
-    for (int i = tid; i < W * copies * nbins; i += blockDim.x) all[i] = A(0);
-    hist = all + warp * copies * nbins + lane / rounds;
+    const int copies = p.hist_copies ? p.hist_copies : p.hist_wide ? 1 : 2;
+    unsigned* words = p.hist_copies ? reinterpret_cast<unsigned*>(smem + L.hist) : reinterpret_cast<unsigned*>(time_out);
+    const int n_words = copies * nbins * hist_cell_bytes(p.hist_wide) / 4;
+    for (int i = tid; i < n_words; i += blockDim.x) words[i] = 0u;
+    const int64_t per_lane = static_cast<int64_t>((m.n + BN - 1) / BN) * (BN / 2);  // a lane's elements, at most
+    const A bound = sqrt(p.norms[0]) * sqrt(p.norms[1]) * pw.inv_n * A(1.1);  // |dS| <= |dO||V| / N max|SiLU'|
+    hist.init(words, p.hist_copies > 0, copies, lane, p.hist_wide, bound, per_lane * W * (32 / copies));
   }
 
   load_tile<T, BM, DP, LD>(sQ, qh, p.ldq, m0, m.n, p.Dqk, p.vec);
@@ -370,18 +375,11 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
                            bucket[nt][f] = bk;
                          });
     if (pw.has_time) {
-      // Deterministic without atomics: in round r only lanes with lane % rounds == r add, each to its own copy
-      // (no two active lanes share an address), so every copy sums its lanes' values in a fixed order.
-      for (int r = 0; r < rounds; ++r) {
-        if (lane % rounds == r) {
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int f = 0; f < 4; ++f)
-              if (bucket[nt][f] >= 0) hist[bucket[nt][f] * copies] += ds[0][nt][f];
-        }
-        __syncwarp();
-      }
+        for (int f = 0; f < 4; ++f)
+          if (bucket[nt][f] >= 0) hist.add(bucket[nt][f], ds[0][nt][f]);
     }
     if (pw.has_pos) {
 #pragma unroll
@@ -406,15 +404,9 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   }
   cp_async_wait<0>();
   __syncthreads();
-  if (pw.has_time && p.hist_in_smem) {  // the copies' sum, per warp and bucket, in copy order
-    const A* all = reinterpret_cast<const A*>(smem + L.hist);
-    A* mine = p.part_time + static_cast<int64_t>(blockIdx.x) * W * nbins;
-    for (int i = tid; i < W * nbins; i += blockDim.x) {
-      const A* c = all + (i / nbins * nbins * kHistCopies) + i % nbins * kHistCopies;
-      A sum = c[0];
-      for (int g = 1; g < kHistCopies; ++g) sum += c[g];
-      mine[i] = sum;
-    }
+  if (pw.has_time) {
+    const bool bad = __syncthreads_or(hist.bad);
+    for (int i = tid; i < nbins; i += blockDim.x) time_out[2 * i] = bad ? nan("") : hist.total(i);
   }
   acc_to_smem<T, 1, QT>(sQ + warp * 16 * LD, LD, dq, pw.alpha, lane);
   __syncthreads();
@@ -522,10 +514,10 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
 
 // ---------------------------------------------------------------- backward: bias gradients
 // Stage 1: group y of the dQ programs, output x: the sum over its programs in program order (double).
-// pos: program (b, h, mb) holds u = x + m0 + BM - N over the key tiles it visited; time: its W histograms.
+// pos: program (b, h, mb) holds u = x + m0 + BM - N over the key tiles it visited; time: its histogram.
 template <typename A>
-__global__ void bias_partials_kernel(const Params<A> p, int programs, int groups, int len, int BM, int BN, int W,
-                                     bool pos, double* out) {
+__global__ void bias_partials_kernel(const Params<A> p, int programs, int groups, int len, int BM, int BN, bool pos,
+                                     double* out) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x, grp = blockIdx.y;
   if (x >= len) return;
   const int lo = static_cast<int>(static_cast<int64_t>(grp) * programs / groups);
@@ -544,7 +536,7 @@ __global__ void bias_partials_kernel(const Params<A> p, int programs, int groups
         sum += static_cast<double>(p.part_pos[slice + u]);
       }
     } else {
-      for (int w = 0; w < W; ++w) sum += static_cast<double>(p.part_time[(static_cast<int64_t>(e) * W + w) * len + x]);
+      sum += p.part_time[(static_cast<int64_t>(e) * len + x) * 2];
     }
   }
   out[static_cast<int64_t>(grp) * len + x] = sum;
@@ -772,6 +764,33 @@ std::pair<int, size_t> pick_stages(const Layout& two, const Layout& one, int lim
   return {1, one.total};
 }
 
+// Copies of the dQ kernel's time histogram in shared memory (lanes sharing a copy serialise on a common bin): the
+// most, up to 32, that keep the blocks an SM holds without them; else the most that fit; 0 (global memory) when
+// none fits. bytes(c): the block's shared memory with c copies. Cached per kernel and size.
+template <typename Kernel, typename Bytes>
+int hist_copies(Kernel kernel, int threads, int limit, Bytes&& bytes) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, size_t, size_t, int>, int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  auto& copies = cache.try_emplace({reinterpret_cast<const void*>(kernel), bytes(0), bytes(1), dev}, -1).first->second;
+  if (copies >= 0) return copies;
+  auto blocks = [&](size_t smem) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+    return n;
+  };
+  const int want = blocks(bytes(0));
+  copies = 0;
+  for (int c = 32; c >= 1 && copies == 0; c /= 2)
+    if (bytes(c) <= static_cast<size_t>(limit) && blocks(bytes(c)) >= want) copies = c;
+  for (int c = 32; c >= 1 && copies == 0; c /= 2)
+    if (bytes(c) <= static_cast<size_t>(limit)) copies = c;
+  return copies;
+}
+
 template <typename Kernel, typename P>
 void launch(Kernel kernel, size_t programs, int threads, size_t smem, const P& p) {
   if (programs == 0) return;
@@ -867,19 +886,36 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     part_pos = at::empty({std::max<int64_t>(pos_total, 1)}, q.options().dtype(acc));
     p.part_pos = part_pos.data_ptr<A>();
   }
+  at::Tensor norms;
   if (p.pw.has_time) {
-    const int64_t len = static_cast<int64_t>(work.size()) * W * nbins;
-    part_time = at::empty({std::max<int64_t>(len, 1)}, q.options().dtype(acc));
-    p.part_time = part_time.data_ptr<A>();
+    part_time = at::empty({std::max<int64_t>(static_cast<int64_t>(work.size()) * 2 * nbins, 1)},
+                          q.options().dtype(at::kDouble));
+    p.part_time = part_time.data_ptr<double>();
+    // The bound on |dS| that scales the exact histogram: max row norms of dO and V over the rows in use.
+    norms = at::zeros({2}, q.options().dtype(acc));
+    const int64_t rows = s.offsets.back() * s.H;
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((rows + 255) / 256, 4096)), 2);
+    const bool vec = vectorizable(sizeof(T), s.Dv, s.Dv, {p.dout, p.v});
+    row_norm_max_kernel<T><<<grid, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        static_cast<const T*>(p.dout), static_cast<const T*>(p.v), rows, static_cast<int>(s.Dv), vec,
+        norms.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    p.norms = norms.const_data_ptr<A>();
+    int max_n = 0;
+    for (int64_t b = 0; b < s.B; ++b) max_n = std::max<int>(max_n, static_cast<int>(s.offsets[b + 1] - s.offsets[b]));
+    const int64_t per_lane = static_cast<int64_t>((max_n + BN - 1) / BN) * (BN / 2);
+    p.hist_wide = std::is_same_v<A, double> || value_bits(32, per_lane * 32 * W) < kMinSplitBits;  // worst: 1 copy
   }
-  p.hist_in_smem = p.pw.has_time && W * kHistCopies * nbins * sizeof(A) <= 32768;
   {
-    const auto [stages, smem] =
-        pick_stages(DqSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem),
-                    DqSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_in_smem), limit, "dQ");
-    p.stages = stages;
     const auto kernel = p.pw.has_pos || p.pw.has_time ? hstu_dq_kernel<T, DP, true> : hstu_dq_kernel<T, DP, false>;
-    launch(kernel, work.size(), C::kThreads, smem, p);
+    auto layout = [&](int stages, int copies) {
+      return DqSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, copies, p.hist_wide);
+    };
+    const auto [stages, smem0] = pick_stages(layout(2, 0), layout(1, 0), limit, "dQ");
+    p.stages = stages;
+    p.hist_copies = p.pw.has_time ? hist_copies(kernel, C::kThreads, limit, [&](int c) { return layout(stages, c).total; })
+                                  : 0;
+    launch(kernel, work.size(), C::kThreads, layout(stages, p.hist_copies).total, p);
   }
 
   // Bias gradients: fixed-order sums of the partials.
@@ -890,8 +926,7 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     auto stage = at::empty({static_cast<int64_t>(groups) * len}, q.options().dtype(at::kDouble));
     const auto stream = c10::cuda::getCurrentCUDAStream();
     const dim3 grid((len + 255) / 256, groups);
-    bias_partials_kernel<A><<<grid, 256, 0, stream>>>(p, programs, groups, len, BM, BN, W, pos,
-                                                       stage.data_ptr<double>());
+    bias_partials_kernel<A><<<grid, 256, 0, stream>>>(p, programs, groups, len, BM, BN, pos, stage.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     bias_finish_kernel<T><<<(len + 255) / 256, 256, 0, stream>>>(stage.const_data_ptr<double>(), groups, len,
                                                                   static_cast<T*>(out.data_ptr()));

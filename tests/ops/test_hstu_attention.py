@@ -4,6 +4,7 @@ opcheck, gradcheck, compile, export of the reference, bad input, the module."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -431,6 +432,16 @@ def test_triton_uneven_tiles_over_long_sequences(dims, config, monkeypatch):
     monkeypatch.setattr(tri, "TILE_OVERRIDE", {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)})
     case = long_case(torch.float32, *dims, config, lengths=(70, 0, 49, 33, 16), N=80, H=1)
     check_long_case(case, "cpu", "triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_cuda_many_time_buckets(dtype):
+    """More "sqrt" buckets (40,001) than the dQ kernel's shared memory holds: its exact time histogram then
+    lives in global memory. Gaps of up to 10^7 reach buckets in the thousands."""
+    require_backend(OP, "cuda", "cuda")
+    case = dataclasses.replace(long_case(dtype, 64, 64, "bidirectional-window-sqrt-bias"), num_buckets=40_000)
+    check_long_case(case, "cuda", "cuda")
 
 
 @pytest.mark.gpu
