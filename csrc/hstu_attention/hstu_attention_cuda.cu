@@ -375,11 +375,18 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
                            bucket[nt][f] = bk;
                          });
     if (pw.has_time) {
+      if (hist.fast()) {  // the common case without a branch an element
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int f = 0; f < 4; ++f)
-          if (bucket[nt][f] >= 0) hist.add(bucket[nt][f], ds[0][nt][f]);
+          for (int f = 0; f < 4; ++f) hist.add_fast(bucket[nt][f], ds[0][nt][f]);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int f = 0; f < 4; ++f)
+            if (bucket[nt][f] >= 0) hist.add(bucket[nt][f], ds[0][nt][f]);
+      }
     }
     if (pw.has_pos) {
 #pragma unroll
@@ -394,9 +401,18 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
       // Thread t sums the tile diagonal u = n0 + t (jl - il = t - BM + 1). The next tile starts at u = n0 + BN,
       // so t >= BN is carried to its thread t - BN (ping-pong buffers); t < BN is final and is stored.
       const int t = tid, par = it & 1;
-      A d = A(0);
+      // Four running sums (rows il = lo + 4k + r), added in a fixed order: a quarter of the dependent chain.
       const int lo = max(0, BM - 1 - t), hi = min(BM - 1, BM + BN - 2 - t);
-      for (int il = lo; il <= hi; ++il) d += sDS[il * (BN + 1) + t - (BM - 1) + il];
+      const A* diag = sDS + t - (BM - 1);
+      A d4[4] = {A(0), A(0), A(0), A(0)};
+      int il = lo;
+      for (; il + 3 <= hi; il += 4)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) d4[r] += diag[(il + r) * (BN + 2)];
+#pragma unroll
+      for (int r = 0; r < 3; ++r)
+        if (il + r <= hi) d4[r] += diag[(il + r) * (BN + 2)];
+      A d = (d4[0] + d4[1]) + (d4[2] + d4[3]);
       if (t < BM - 1) d += sCarry[par * BM + t];
       if (t >= BN && kb + 1 < kb1) sCarry[(par ^ 1) * BM + t - BN] = d;
       else if (n0 + t < U) part_pos[n0 + t] = d;
