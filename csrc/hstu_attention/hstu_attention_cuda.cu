@@ -15,7 +15,7 @@
 // memory up to 64, 128 or 256 (the template size), so 25 or 50 need nothing from the caller. fp32 and fp64 run
 // the same kernels with FMA tile products (fp64 exists for gradcheck).
 //
-// Backward, deterministic (no atomics): a dK/dV kernel per key block walks the query blocks that can see it
+// Backward, deterministic (no float atomics): a dK/dV kernel per key block walks the query blocks that can see it
 // (S and dP recomputed transposed, dV += Pᵀ dO, dK += dSᵀ Q); a dQ kernel per query block walks its key tiles
 // (dQ += dS K) and also reduces the bias gradient dR = dS (unrounded, summed over heads): per tile, the
 // diagonal sums of dS (one thread per diagonal, fixed order, carried across neighbouring tiles) go to a
@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     const int copies = p.hist_copies ? p.hist_copies : p.hist_wide ? 1 : 2;
     unsigned* words = p.hist_copies ? reinterpret_cast<unsigned*>(smem + L.hist) : reinterpret_cast<unsigned*>(time_out);
     const int n_words = copies * nbins * hist_cell_bytes(p.hist_wide) / 4;
-    for (int i = tid; i < n_words; i += blockDim.x) words[i] = 0u;
+    ExactHist<A>::zero(words, n_words, tid, blockDim.x);
     const int64_t per_lane = static_cast<int64_t>((m.n + BN - 1) / BN) * (BN / 2);  // a lane's elements, at most
     const A bound = sqrt(p.norms[0]) * sqrt(p.norms[1]) * pw.inv_n * A(1.1);  // |dS| <= |dO||V| / N max|SiLU'|
     hist.init(words, p.hist_copies > 0, copies, lane, p.hist_wide, bound, per_lane * W * (32 / copies));
@@ -422,6 +422,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   __syncthreads();
   if (pw.has_time) {
     const bool bad = __syncthreads_or(hist.bad);
+    hist.reduce_rows(nbins, tid, blockDim.x);
+    __syncthreads();
     for (int i = tid; i < nbins; i += blockDim.x) time_out[2 * i] = bad ? nan("") : hist.total(i);
   }
   acc_to_smem<T, 1, QT>(sQ + warp * 16 * LD, LD, dq, pw.alpha, lane);

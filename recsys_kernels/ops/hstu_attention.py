@@ -19,11 +19,12 @@ seq_offsets and num_targets are checked on the host before any kernel runs: on q
 sync per call (forward and backward); passed on the CPU (a training loop knows the lengths before they go to
 the GPU) they are read with no sync, and every backend copies them up itself.
 Differentiable in q, k, v, pos_bias and time_bias; the kernel backends (cuda, triton, cpu) have deterministic
-backwards (no atomics); the reference's is autograd's, whose index_select backward adds with atomics on CUDA.
+backwards (no float atomics: CUDA sums the time-bias gradient as integers); the reference's is autograd's, whose
+index_select backward adds with float atomics on CUDA.
 
 Backends (chosen per call by recsys_kernels._backend):
   cuda      csrc/hstu_attention/hstu_attention_cuda.cu — mma.sync tiles (fp32/fp64 on CUDA cores), bias and
-            masks in the kernel, deterministic backward without atomics. The CUDA default: on the H100 it is
+            masks in the kernel, deterministic backward (integer atomics only). The CUDA default: on the H100 it is
             the fastest backend with the bias on (forward+backward 3-5x Triton's) and a call costs ~0.05 ms of
             host time against Triton's ~0.28 ms, which decides the HSTU models' small, biased attention
             (benchmarks/RESULTS.md)
