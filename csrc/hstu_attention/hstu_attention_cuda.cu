@@ -90,7 +90,7 @@ struct Params {
   Pointwise<A> pw;
   int64_t ldq, ldv;          // row strides H * Dqk, H * Dv
   int H, Dqk, Dv, c, w, stages;
-  int hist_copies;           // dQ kernel: time-histogram copies in shared memory; 0: one, in part_time
+  int hist_copies;           // dQ kernel: time-histogram copies in shared memory; 0: in part_time instead
   bool causal, targets, vec, tb_in_smem, hist_wide;
 };
 
@@ -929,7 +929,7 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     auto layout = [&](int stages, int copies) {
       return DqSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, copies, p.hist_wide);
     };
-    const auto [stages, smem0] = pick_stages(layout(2, 0), layout(1, 0), limit, "dQ");
+    const int stages = pick_stages(layout(2, 0), layout(1, 0), limit, "dQ").first;
     p.stages = stages;
     p.hist_copies = p.pw.has_time ? hist_copies(kernel, C::kThreads, limit, [&](int c) { return layout(stages, c).total; })
                                   : 0;
