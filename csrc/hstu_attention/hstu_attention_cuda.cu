@@ -191,7 +191,8 @@ __device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb, int4
   return s_tb;
 }
 
-// Each kernel is built twice: kBias false (no bias table given) compiles the bias code out. With the bias
+// Each kernel is built twice: kBias false (no bias table given) compiles the bias code out, kBias true the
+// bias-free score loops (for_each_score). With the bias
 // loops in the same kernel the bias-free forward ran 8-14% slower on the H100, though it never runs them
 // (registers: bf16 d = 128 went from 251 to 255 plus 32 bytes of spills; split: 238, none), and the dQ
 // histogram code took the bias-free bf16 dQ kernel at d = 64 from 168 to 255 registers.
@@ -260,7 +261,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     zero(s);
     gemm_ss<T, MT, NT, DP / 16, false>(s, sQ + warp * WM * LD, LD, sK + st * BN * LD, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<true>(s, pw, tb, tb_s, oct, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
+    for_each_score<true, kBias>(s, pw, tb, tb_s, oct, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
                          [&](A& x, bool ok, A y, int, int, int, int) {
                            x = ok ? y * sigmoid<T>(y) * pw.inv_n : A(0);
                          });
@@ -368,7 +369,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     gemm_ss<T, 1, NT, DP / 16, false>(s, sQ + warp * 16 * LD, LD, k_s, LD, lane);
     gemm_ss<T, 1, NT, DP / 16, false>(ds, sO + warp * 16 * LD, LD, sV + st * BN * LD, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<true>(s, pw, tb, tb_s, oct, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
+    for_each_score<true, kBias>(s, pw, tb, tb_s, oct, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
                          [&](A&, bool ok, A x, int bk, int, int nt, int f) {
                            const A sig = sigmoid<T>(x);
                            ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
@@ -507,7 +508,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
     gemm_ss<T, 1, NT, DP / 16, false>(s, sK + warp * 16 * LD, LD, q_s, LD, lane);
     gemm_ss<T, 1, NT, DP / 16, false>(dp, sV + warp * 16 * LD, LD, o_s, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<false>(s, pw, tb, tb_s, oct, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
+    for_each_score<false, kBias>(s, pw, tb, tb_s, oct, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
                           [&](A& x, bool ok, A y, int, int, int nt, int f) {
                             const A sig = sigmoid<T>(y);
                             x = ok ? y * sig * pw.inv_n : A(0);
