@@ -79,32 +79,32 @@ struct ExactHist {
   // 32-bit words in shared memory: add_fast takes every element, a masked one (bin < 0, v = 0) adding zeros to
   // bin 0, with no branch (predicated atomics compile to a branch around each).
   __device__ __forceinline__ bool fast() const { return std::is_same_v<A, float> && !wide && in_smem; }
-  __device__ __forceinline__ void add_fast(int bin, A v) {
+  __device__ __forceinline__ void split32(A v, unsigned& hi, unsigned& lo) {
     bad |= !(fabs(v) < limit);
     const int q = __float2int_rn(static_cast<float>(v * scale));
-    const unsigned hi = static_cast<unsigned>(q >> lb), lo = static_cast<unsigned>(q) & ((1u << lb) - 1u);
+    hi = static_cast<unsigned>(q >> lb);
+    lo = static_cast<unsigned>(q) & ((1u << lb) - 1u);
+  }
+  __device__ __forceinline__ void add_fast(int bin, A v) {
+    unsigned hi, lo;
+    split32(v, hi, lo);
     const unsigned at = sbase + static_cast<unsigned>(max(bin, 0) * copies) * 8u;
     asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(at), "r"(hi) : "memory");
     asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(at + 4u * copies), "r"(lo) : "memory");
   }
 
+  // Every other case (bin >= 0): 32-bit words in global memory, or 64-bit words anywhere.
   __device__ __forceinline__ void add(int bin, A v) {
-    bad |= !(fabs(v) < limit);
     if constexpr (std::is_same_v<A, float>) {
       if (!wide) {
-        const int q = __float2int_rn(v * scale);
-        const unsigned hi = static_cast<unsigned>(q >> lb), lo = static_cast<unsigned>(q) & ((1u << lb) - 1u);
-        if (in_smem) {  // fire-and-forget: no result to wait for
-          const unsigned at = sbase + static_cast<unsigned>(2 * bin * copies) * 4u;
-          asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(at), "r"(hi) : "memory");
-          asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(at + 4u * copies), "r"(lo) : "memory");
-        } else {
-          atomicAdd(words + (2 * bin) * copies + copy, hi);
-          atomicAdd(words + (2 * bin + 1) * copies + copy, lo);
-        }
+        unsigned hi, lo;
+        split32(v, hi, lo);
+        atomicAdd(words + (2 * bin) * copies + copy, hi);
+        atomicAdd(words + (2 * bin + 1) * copies + copy, lo);
         return;
       }
     }
+    bad |= !(fabs(v) < limit);
     const long long q = std::is_same_v<A, float> ? __float2ll_rn(static_cast<float>(v * scale))
                                                  : __double2ll_rn(static_cast<double>(v * scale));
     unsigned long long* w = reinterpret_cast<unsigned long long*>(words) + (2 * bin) * copies + copy;
