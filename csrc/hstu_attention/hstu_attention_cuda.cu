@@ -94,6 +94,12 @@ struct Params {
   bool causal, targets, vec, tb_in_smem, hist_wide;
 };
 
+// Whether the kernels carry the "log" bucket table (LogBin) in shared memory.
+template <typename A>
+__host__ __device__ bool log_bins(const Params<A>& p) {
+  return p.pw.has_time && p.pw.log_bucket;
+}
+
 // Shared-memory carving, evaluated identically on the host (size) and in the kernels (offsets).
 struct Carve {
   size_t top = 0;
@@ -106,8 +112,8 @@ struct Carve {
 
 template <typename T, int DP>
 struct FwdSmem {
-  size_t q, k, v, kts, qts, tb, oct, scr, total;
-  __host__ __device__ FwdSmem(int stages, bool time, bool tb_smem, int nbins) {
+  size_t q, k, v, kts, qts, tb, bins, pos, scr, total;
+  __host__ __device__ FwdSmem(int stages, bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
     using C = Cfg<T, DP>;
     const size_t row = C::kLd * sizeof(T);
     Carve c;
@@ -117,7 +123,8 @@ struct FwdSmem {
     kts = c.take(time ? stages * C::kFwdBN * 8 : 0);
     qts = c.take(time ? C::kFwdBM * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(acc_t<T>) : 0);
-    oct = c.take(time ? kOctaves * sizeof(int4) : 0);
+    bins = c.take(log_bins ? kLogBins * sizeof(LogBin<acc_t<T>>) : 0);
+    pos = c.take(pos_bias ? stages * (C::kFwdBM + C::kFwdBN) * sizeof(acc_t<T>) : 0);
     scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kFwdBN + 1) * sizeof(acc_t<T>));
     total = c.top;
   }
@@ -125,8 +132,9 @@ struct FwdSmem {
 
 template <typename T, int DP>
 struct DqSmem {
-  size_t q, dout, k, v, kts, qts, tb, oct, ds, carry, hist, scr, total;
-  __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, int nbins, bool pos, int hist_copies, bool wide) {
+  size_t q, dout, k, v, kts, qts, tb, bins, pwin, ds, carry, hist, scr, total;
+  __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, bool log_bins, int nbins, bool pos, int hist_copies,
+                             bool wide) {
     using C = Cfg<T, DP>;
     using A = acc_t<T>;
     const size_t row = C::kLd * sizeof(T);
@@ -138,7 +146,8 @@ struct DqSmem {
     kts = c.take(time ? stages * C::kDqBN * 8 : 0);
     qts = c.take(time ? C::kDqBM * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(A) : 0);
-    oct = c.take(time ? kOctaves * sizeof(int4) : 0);
+    bins = c.take(log_bins ? kLogBins * sizeof(LogBin<A>) : 0);
+    pwin = c.take(pos ? stages * (C::kDqBM + C::kDqBN) * sizeof(A) : 0);
     ds = c.take(pos ? C::kDqBM * (C::kDqBN + 1) * sizeof(A) : 0);
     carry = c.take(pos ? 2 * C::kDqBM * sizeof(A) : 0);
     hist = c.take(time ? size_t{1} * hist_cell_bytes(wide) * hist_copies * nbins : 0);
@@ -149,8 +158,8 @@ struct DqSmem {
 
 template <typename T, int DP>
 struct KvSmem {
-  size_t k, v, q, dout, qts, kts, tb, oct, scr, total;
-  __host__ __device__ KvSmem(int stages, bool time, bool tb_smem, int nbins) {
+  size_t k, v, q, dout, qts, kts, tb, bins, pos, scr, total;
+  __host__ __device__ KvSmem(int stages, bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
     using C = Cfg<T, DP>;
     const size_t row = C::kLd * sizeof(T);
     Carve c;
@@ -161,7 +170,8 @@ struct KvSmem {
     qts = c.take(time ? stages * C::kKvBM * 8 : 0);
     kts = c.take(time ? C::kKvBN * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(acc_t<T>) : 0);
-    oct = c.take(time ? kOctaves * sizeof(int4) : 0);
+    bins = c.take(log_bins ? kLogBins * sizeof(LogBin<acc_t<T>>) : 0);
+    pos = c.take(pos_bias ? stages * (C::kKvBM + C::kKvBN) * sizeof(acc_t<T>) : 0);
     scr = c.take(C::kTC ? 0 : C::kWarps * 16 * (C::kKvBM + 1) * sizeof(acc_t<T>));
     total = c.top;
   }
@@ -179,13 +189,17 @@ __device__ __forceinline__ Seq sequence(const Params<A>& p, int b) {
   return Seq{start, make_mask(n, p.targets ? p.num_targets[b] : 0, p.targets, p.c, p.w, p.causal)};
 }
 
-// The time table goes to shared memory when small (gathers there are cheap); else it is read from global.
-// The "log" bucket table always does (1 KB). The kernels' first barrier comes before any use.
+// "log" buckets: the quarter-octave table with its time-bias values goes to shared memory (log_time_bias; 4 KB).
+// "sqrt": the time table does when small (gathers there are cheap); else it is read from global. The kernels'
+// first barrier comes before any use.
 template <typename A>
-__device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb, int4* s_oct) {
+__device__ __forceinline__ const A* time_table(const Params<A>& p, A* s_tb, LogBin<A>* s_bins) {
   if (!p.pw.has_time) return nullptr;
   if (p.pw.log_bucket)
-    for (int i = threadIdx.x; i < kOctaves; i += blockDim.x) s_oct[i] = p.pw.octaves[i];
+    for (int i = threadIdx.x; i < kLogBins; i += blockDim.x) {
+      const int2 step = p.pw.log_steps[i];
+      s_bins[i] = LogBin<A>{__int_as_float(step.y), step.x, p.pw.tb[step.x], p.pw.tb[min(step.x + 1, p.pw.nb)]};
+    }
   if (!p.tb_in_smem) return p.pw.tb;
   for (int i = threadIdx.x; i <= p.pw.nb; i += blockDim.x) s_tb[i] = p.pw.tb[i];
   return s_tb;
@@ -211,12 +225,13 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   const Params<A> p = specialise<kBias>(params);
   constexpr int LD = C::kLd, BM = C::kFwdBM, BN = C::kFwdBN, WM = C::kFwdWM, MT = WM / 16, NT = BN / 8, OT = DP / 8;
   extern __shared__ __align__(16) unsigned char smem[];
-  const FwdSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, p.pw.nb + 1);
+  const FwdSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sK = reinterpret_cast<T*>(smem + L.k);
   T* sV = reinterpret_cast<T*>(smem + L.v);
   int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
   int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  A* sPos = reinterpret_cast<A*>(smem + L.pos);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BN + 1);
 
@@ -225,9 +240,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
-  int4* oct = reinterpret_cast<int4*>(smem + L.oct);
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), oct);
-  const A* tb_s = p.pw.has_time && p.tb_in_smem ? reinterpret_cast<const A*>(smem + L.tb) : nullptr;
+  LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -241,6 +255,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     load_tile<T, BN, DP, LD>(sK + st * BN * LD, kh, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
     load_tile<T, BN, DP, LD>(sV + st * BN * LD, vh, p.ldv, kb * BN, m.n, p.Dv, p.vec);
     if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
   };
   load_kv(kb0, 0);
@@ -261,10 +276,11 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     zero(s);
     gemm_ss<T, MT, NT, DP / 16, false>(s, sQ + warp * WM * LD, LD, sK + st * BN * LD, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<true, kBias>(s, pw, tb, tb_s, oct, m, full, m0 + warp * WM, n0, sQts + warp * WM, sKts + st * BN, lane,
-                         [&](A& x, bool ok, A y, int, int, int, int) {
-                           x = ok ? y * sigmoid<T>(y) * pw.inv_n : A(0);
-                         });
+    const A* pdiag = sPos + st * (BM + BN) + BM - 1 - warp * WM;
+    for_each_score<true, kBias>(s, pw, tb, bins, pdiag, m, full, m0 + warp * WM, n0, sQts + warp * WM,
+                                sKts + st * BN, lane, [&](A& x, bool ok, A y, int, int, int, int) {
+                                  x = ok ? y * sigmoid<T>(y) * pw.inv_n : A(0);
+                                });
     gemm_rs<T, MT, OT, BN / 16, true>(o, s, sV + st * BN * LD, LD, scr, lane);
     __syncthreads();  // this stage is free again
     if (p.stages == 1 && kb + 1 < kb1) load_kv(kb + 1, 0);
@@ -286,13 +302,15 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   const int nbins = p.pw.nb + 1;
-  const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, p.hist_copies, p.hist_wide);
+  const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, p.hist_copies,
+                        p.hist_wide);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sO = reinterpret_cast<T*>(smem + L.dout);
   T* sK = reinterpret_cast<T*>(smem + L.k);
   T* sV = reinterpret_cast<T*>(smem + L.v);
   int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
   int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  A* sPos = reinterpret_cast<A*>(smem + L.pwin);
   A* sDS = reinterpret_cast<A*>(smem + L.ds);
   A* sCarry = reinterpret_cast<A*>(smem + L.carry);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, cq = lane & 3;
@@ -303,9 +321,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
-  int4* oct = reinterpret_cast<int4*>(smem + L.oct);
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), oct);
-  const A* tb_s = p.pw.has_time && p.tb_in_smem ? reinterpret_cast<const A*>(smem + L.tb) : nullptr;
+  LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -344,6 +361,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     load_tile<T, BN, DP, LD>(sK + st * BN * LD, kh, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
     load_tile<T, BN, DP, LD>(sV + st * BN * LD, vh, p.ldv, kb * BN, m.n, p.Dv, p.vec);
     if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
   };
   load_kv(kb0, 0);
@@ -369,12 +387,13 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     gemm_ss<T, 1, NT, DP / 16, false>(s, sQ + warp * 16 * LD, LD, k_s, LD, lane);
     gemm_ss<T, 1, NT, DP / 16, false>(ds, sO + warp * 16 * LD, LD, sV + st * BN * LD, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<true, kBias>(s, pw, tb, tb_s, oct, m, full, m0 + warp * 16, n0, sQts + warp * 16, sKts + st * BN, lane,
-                         [&](A&, bool ok, A x, int bk, int, int nt, int f) {
-                           const A sig = sigmoid<T>(x);
-                           ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
-                           bucket[nt][f] = bk;
-                         });
+    const A* pdiag = sPos + st * (BM + BN) + BM - 1 - warp * 16;
+    for_each_score<true, kBias>(s, pw, tb, bins, pdiag, m, full, m0 + warp * 16, n0, sQts + warp * 16,
+                                sKts + st * BN, lane, [&](A&, bool ok, A x, int bk, int, int nt, int f) {
+                                  const A sig = sigmoid<T>(x);
+                                  ds[0][nt][f] = ok ? ds[0][nt][f] * pw.inv_n * sig * (A(1) + x * (A(1) - sig)) : A(0);
+                                  bucket[nt][f] = bk;
+                                });
     if (pw.has_time) {
       if (hist.fast()) {  // the common case without a branch an element
 #pragma unroll
@@ -441,13 +460,14 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   const Params<A> p = specialise<kBias>(params);
   constexpr int LD = C::kLd, BN = C::kKvBN, BM = C::kKvBM, CH = C::kChunk, NT = BM / 8, CT = CH / 8;
   extern __shared__ __align__(16) unsigned char smem[];
-  const KvSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, p.pw.nb + 1);
+  const KvSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
   T* sK = reinterpret_cast<T*>(smem + L.k);
   T* sV = reinterpret_cast<T*>(smem + L.v);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sO = reinterpret_cast<T*>(smem + L.dout);
   int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
   int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
+  A* sPos = reinterpret_cast<A*>(smem + L.pos);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BM + 1);
 
@@ -456,9 +476,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   const Mask& m = sq.m;
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n), c0 = wk.chunk * CH;
   const Pointwise<A>& pw = p.pw;
-  int4* oct = reinterpret_cast<int4*>(smem + L.oct);
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), oct);
-  const A* tb_s = p.pw.has_time && p.tb_in_smem ? reinterpret_cast<const A*>(smem + L.tb) : nullptr;
+  LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -478,6 +497,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
     load_tile<T, BM, DP, LD>(sQ + st * BM * LD, qh, p.ldq, mb * BM, m.n, p.Dqk, p.vec);
     load_tile<T, BM, DP, LD>(sO + st * BM * LD, oh, p.ldv, mb * BM, m.n, p.Dv, p.vec);
     if (pw.has_time) load_ts<BM>(sQts + st * BM, ts, mb * BM, m.n, true);
+    if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
     cp_async_commit();
   };
   load_tile<T, BN, DP, LD>(sK, kh, p.ldq, n0, m.n, p.Dqk, p.vec);
@@ -508,12 +528,13 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
     gemm_ss<T, 1, NT, DP / 16, false>(s, sK + warp * 16 * LD, LD, q_s, LD, lane);
     gemm_ss<T, 1, NT, DP / 16, false>(dp, sV + warp * 16 * LD, LD, o_s, LD, lane);
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
-    for_each_score<false, kBias>(s, pw, tb, tb_s, oct, m, full, n0 + warp * 16, m0, sKts + warp * 16, sQts + st * BM, lane,
-                          [&](A& x, bool ok, A y, int, int, int nt, int f) {
-                            const A sig = sigmoid<T>(y);
-                            x = ok ? y * sig * pw.inv_n : A(0);
-                            dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (A(1) + y * (A(1) - sig)) : A(0);
-                          });
+    const A* pdiag = sPos + st * (BM + BN) + BM - 1 + warp * 16;
+    for_each_score<false, kBias>(s, pw, tb, bins, pdiag, m, full, n0 + warp * 16, m0, sKts + warp * 16,
+                                 sQts + st * BM, lane, [&](A& x, bool ok, A y, int, int, int nt, int f) {
+                                   const A sig = sigmoid<T>(y);
+                                   x = ok ? y * sig * pw.inv_n : A(0);
+                                   dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (A(1) + y * (A(1) - sig)) : A(0);
+                                 });
     gemm_rs<T, 1, CT, BM / 16, true>(dv, s, o_s + c0, LD, scr, lane);
     gemm_rs<T, 1, CT, BM / 16, true>(dk, dp, q_s + c0, LD, scr, lane);
     __syncthreads();  // this stage is free again
@@ -626,44 +647,46 @@ Inputs prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   return in;
 }
 
-// The "log" bucket table of time_bucket for nb buckets: per octave e of x = float(|diff|), {bucket of 2^e, the
-// mantissas where the bucket steps up (INT32_MAX: none)}, from the formula itself by bisection (it is
-// monotone in x). Built once per (device, nb) and kept: ~6k evaluations of the formula.
-const int4* log_octaves(int64_t nb, const at::Device& device) {
+// The "log" bucket table of log_time_bias for nb buckets: per quarter-octave k of x = max(float(|diff|), 1)
+// (bits(x) >> 21 = 508 + k), {its bucket at the start, the bits of the smallest x where it steps up (+inf:
+// none)}, from the formula itself by bisection (it is monotone in x). Built once per (device, nb) and kept: ~6k
+// evaluations of the formula.
+const int2* log_steps(int64_t nb, const at::Device& device) {
   static std::mutex mutex;
   static auto* cache = new std::map<std::pair<int, int64_t>, at::Tensor>();  // never freed: outlives CUDA teardown
   const std::lock_guard<std::mutex> lock(mutex);
   auto& table = (*cache)[{device.index(), nb}];
   if (!table.defined()) {
-    std::vector<int32_t> host(kOctaves * 4, std::numeric_limits<int32_t>::max());
-    for (int e = 0; e < kOctaves; ++e) {
-      auto at = [&](int32_t m) {
-        const uint32_t bits = static_cast<uint32_t>(e + 127) << 23 | static_cast<uint32_t>(m);
+    constexpr uint32_t kInf = 0x7f800000u;
+    std::vector<int32_t> host(kLogBins * 2);
+    for (uint32_t k = 0; k < kLogBins; ++k) {
+      const uint32_t first = (kLogBinFirst + k) << 21, last = first + (1u << 21) - 1;  // bits of the quarter
+      auto at = [&](uint32_t bits) {
         float x;
         std::memcpy(&x, &bits, sizeof x);
         return hstu_time_bucket_of(x, nb, true);
       };
-      int32_t* row = host.data() + 4 * e;
-      int64_t k = at(0);
-      row[0] = static_cast<int32_t>(k);
-      for (int32_t lo = 0, steps = 0; at(0x7fffff) > k; ++steps) {
-        int32_t hi = 0x7fffff;  // smallest m in (lo, hi] with a larger bucket
-        while (lo < hi) {
-          const int32_t mid = lo + (hi - lo) / 2;
-          if (at(mid) > k) hi = mid;
-          else lo = mid + 1;
+      const int64_t lo = at(first);
+      uint32_t step = kInf;
+      if (at(last) > lo) {
+        uint32_t a = first + 1, b = last;  // the smallest bits in (first, last] with a larger bucket
+        while (a < b) {
+          const uint32_t mid = a + (b - a) / 2;
+          if (at(mid) > lo) b = mid;
+          else a = mid + 1;
         }
-        TORCH_CHECK(steps < 3 && at(lo) == k + 1, "hstu_attention (CUDA): log bucket table, octave ", e,
-                    ": more than three single steps");  // ln 2 / 0.301 = 2.3 buckets an octave: cannot happen
-        row[1 + steps] = lo;
-        k += 1;
+        TORCH_CHECK(at(last) == lo + 1, "hstu_attention (CUDA): log bucket table, quarter-octave ", k,
+                    ": more than one step");  // a quarter-octave spans <= 1.25x, a bucket 1.35x: cannot happen
+        step = a;
       }
+      host[2 * k] = static_cast<int32_t>(lo);
+      host[2 * k + 1] = static_cast<int32_t>(step);
     }
-    auto pinned = at::empty({kOctaves * 4}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    auto pinned = at::empty({kLogBins * 2}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
     std::memcpy(pinned.data_ptr(), host.data(), host.size() * sizeof(int32_t));
     table = pinned.to(device, /*non_blocking=*/false);
   }
-  return reinterpret_cast<const int4*>(table.const_data_ptr<int32_t>());
+  return reinterpret_cast<const int2*>(table.const_data_ptr<int32_t>());
 }
 
 template <typename A>
@@ -680,7 +703,7 @@ Params<A> make_params(const Inputs& in, double alpha, bool causal, int64_t conte
   p.pw.pos = p.pw.has_pos ? in.pos.const_data_ptr<A>() : nullptr;
   p.pw.tb = p.pw.has_time ? in.tb.const_data_ptr<A>() : nullptr;
   p.pw.nb = p.pw.has_time ? static_cast<int>(in.tb.size(0)) - 1 : 0;
-  p.pw.octaves = p.pw.has_time && s.log_bucket ? log_octaves(p.pw.nb, in.tb.device()) : nullptr;
+  p.pw.log_steps = p.pw.has_time && s.log_bucket ? log_steps(p.pw.nb, in.tb.device()) : nullptr;
   p.ldq = s.H * s.Dqk;
   p.ldv = s.H * s.Dv;
   p.H = static_cast<int>(s.H);
@@ -690,7 +713,7 @@ Params<A> make_params(const Inputs& in, double alpha, bool causal, int64_t conte
   p.w = static_cast<int>(std::min(max_attn_len, s.N));
   p.causal = causal;
   p.targets = !s.num_targets.empty();
-  p.tb_in_smem = p.pw.has_time && (p.pw.nb + 1) * sizeof(A) <= 8192;
+  p.tb_in_smem = p.pw.has_time && !s.log_bucket && (p.pw.nb + 1) * sizeof(A) <= 8192;  // "log": LogBin
   return p;
 }
 
@@ -832,8 +855,10 @@ void run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   p.vec = vectorizable(sizeof(T), in.s.Dqk, in.s.Dv, {p.q, p.k, p.v, p.out});
   const int nbins = p.pw.nb + 1;
   const auto [stages, smem] =
-      pick_stages(FwdSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins),
-                  FwdSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins), smem_optin(q.get_device()), "forward");
+      pick_stages(FwdSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
+                  FwdSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
+                  smem_optin(q.get_device()),
+                  "forward");
   p.stages = stages;
   const auto work = query_work(in.s, C::kFwdBM);
   Upload up;
@@ -887,8 +912,9 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
 
   // dK, dV
   {
-    const auto [stages, smem] = pick_stages(KvSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, nbins),
-                                            KvSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, nbins), limit, "dK/dV");
+    const auto [stages, smem] = pick_stages(KvSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
+                                            KvSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
+                                            limit, "dK/dV");
     auto pk = p;
     pk.stages = stages;
     pk.work = up.on_device<Work>(kv_work_slot);
@@ -928,7 +954,8 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
   {
     const auto kernel = p.pw.has_pos || p.pw.has_time ? hstu_dq_kernel<T, DP, true> : hstu_dq_kernel<T, DP, false>;
     auto layout = [&](int stages, int copies) {
-      return DqSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, nbins, p.pw.has_pos, copies, p.hist_wide);
+      return DqSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, copies,
+                           p.hist_wide);
     };
     const int stages = pick_stages(layout(2, 0), layout(1, 0), limit, "dQ").first;
     p.stages = stages;

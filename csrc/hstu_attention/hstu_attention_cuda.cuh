@@ -113,25 +113,37 @@ __host__ __device__ __forceinline__ bool tile_full(const Mask& m, int r0, int r1
 }
 
 // ---------------------------------------------------------------- relative bias
-// hstu_time_bucket, the float32 formula of every backend, exactly. "log" needs no logarithm: x = float(|diff|)
-// in octave e (2^e <= x < 2^(e + 1), e = 0..63; x = 0 reads octave 0, all bucket 0) has bucket base + (m >= t0)
-// + (m >= t1) + (m >= t2), m its 23 mantissa bits. An octave spans ln 2 / 0.301 = 2.3 buckets, so three
-// thresholds suffice; the host tabulates them from hstu_time_bucket_of (log_octaves in hstu_attention_cuda.cu).
-// One int64-to-float conversion, a 16-byte table read and integer compares: the SFU log2 guess with an
-// out-of-line exact call near bucket edges, which this replaced, cost ~4x the instructions an element (the
-// call's register saves sat in the unrolled loop). "sqrt" is exact as written (IEEE sqrtf; the root of
-// |diff| < 2^63 fits int64).
-constexpr int kOctaves = 64;  // float(|diff|) < 2^64
+// hstu_time_bucket, the float32 formula of every backend, exactly. "log" needs no logarithm. x = max(float(|diff|),
+// 1) lies in quarter-octave k = (bits(x) >> 21) - 508 (exponent and top two mantissa bits; x < 2^64 gives k <
+// 256). A quarter-octave spans a factor of at most 1.25 and a bucket e^0.301 = 1.35, so it holds at most one step:
+// the bucket is lo + (x >= thr). The host tabulates (lo, thr) from hstu_time_bucket_of (log_steps in
+// hstu_attention_cuda.cu); each kernel copies the table to shared memory with the two time-bias values of the
+// quarter-octave beside them (LogBin), so one 16-byte gather gives the bias and the bucket: ~8 instructions an
+// element, where the octave table with three thresholds and a second gather took ~18 (sm_90 SASS) and the SFU
+// log2 with an out-of-line exact call near bucket edges ~4x that. "sqrt" is exact as written (IEEE sqrtf; the
+// root of |diff| < 2^63 fits int64).
+constexpr int kLogBins = 256;      // quarter-octaves of x in [1, 2^64)
+constexpr int kLogBinFirst = 508;  // bits(1.0f) >> 21
 
-__device__ __forceinline__ int time_bucket(int64_t diff, int nb, bool log_bucket, const int4* octaves) {
-  const float x = static_cast<float>(diff);  // float(|diff|) = |float(diff)|: rounding is symmetric
-  if (log_bucket) {
-    const unsigned bits = __float_as_uint(x) & 0x7fffffffu;
-    const int4 o = octaves[max(static_cast<int>(bits >> 23) - 127, 0)];
-    const int m = static_cast<int>(bits & 0x7fffffu);
-    return o.x + (m >= o.y) + (m >= o.z) + (m >= o.w);
-  }
-  const int64_t k = static_cast<int64_t>(sqrtf(fabsf(x)));
+template <typename A>
+struct alignas(16) LogBin {
+  float thr;  // the quarter-octave's bucket step (+inf: none)
+  int lo;     // its bucket below thr
+  A v0, v1;   // time_bias[lo], time_bias[min(lo + 1, nb)]
+};
+
+// The time bias of diff under "log" buckets; bucket gets its index.
+template <typename A>
+__device__ __forceinline__ A log_time_bias(int64_t diff, const LogBin<A>* bins, int& bucket) {
+  const float x = fmaxf(fabsf(static_cast<float>(diff)), 1.f);  // float(|diff|) = |float(diff)|: symmetric rounding
+  const LogBin<A> b = bins[(__float_as_uint(x) >> 21) - kLogBinFirst];
+  const bool up = x >= b.thr;
+  bucket = b.lo + up;
+  return up ? b.v1 : b.v0;
+}
+
+__device__ __forceinline__ int sqrt_time_bucket(int64_t diff, int nb) {
+  const int64_t k = static_cast<int64_t>(sqrtf(fabsf(static_cast<float>(diff))));
   return k < nb ? static_cast<int>(k) : nb;
 }
 
@@ -141,9 +153,9 @@ struct Pointwise {
   A alpha, inv_n;
   int N, nb;
   bool has_pos, has_time, log_bucket;
-  const A* pos;         // (2N - 1,)
-  const A* tb;          // (nb + 1,)
-  const int4* octaves;  // (64,) "log" bucket table, see time_bucket
+  const A* pos;           // (2N - 1,)
+  const A* tb;            // (nb + 1,)
+  const int2* log_steps;  // (kLogBins,) "log" buckets: (lo, bits of thr) a quarter-octave, see log_time_bias
 };
 
 // Visits the elements of an accumulator tile (MT x NT tiles of 16 x 8, C layout) with their positions: g(i, j, ii,
@@ -214,18 +226,21 @@ __device__ __forceinline__ void for_each_plain(const Mask& m, int row0, int col0
 // bucket its time bucket (-1 when masked or without time bias). kQueryRows: the tile's rows are queries (forward,
 // dQ), else keys (dK/dV, which works on Sᵀ). row0 / col0: positions of the tile's first row / column; rts / cts:
 // their timestamps in shared memory (ts[next(i)] for queries, ts[j] for keys); tb: the time table (shared or
-// global memory), tb_s: the same in shared memory or null; oct: the "log" bucket table (time_bucket). full: every
-// pair is valid (no test). kBias: the kernel build that runs only with a bias table, so the bias-free loops are
-// compiled out of it (bf16 d = 64 forward: 12.8k SASS instructions to 9.7k; the bf16 d = 128 forward's spills gone).
+// global memory); bins: the "log" table in shared memory (log_time_bias); pdiag: the tile's position-bias values
+// (load_pos_window) from the warp's first row and column, by column - row (queries as rows) or row - column
+// (keys as rows). full: every pair is valid (no test).
+// kBias: the kernel build that runs only with a bias table, so the bias-free loops are compiled out of it (bf16
+// d = 64 forward: 12.8k SASS instructions to 9.7k; the bf16 d = 128 forward's spills gone).
 // Separate loops, each unrolled over the tile: without bias (valid tiles, the plain mask, the general mask), the
-// bias of the HSTU models (both tables, "log" buckets, plain mask, time table in shared memory: no branch in
-// the loop), and every other bias case. One loop holding every case took ~120 instructions an element (~7,500
-// a tile pass, mostly branches around the bias), which made masked tiles instruction-bound; branches left in a
-// loop also serialise it (each element waits for the last one's loads).
+// bias of the HSTU models (both tables, "log" buckets, plain mask: no branch in the loop), and every other bias
+// case. One loop holding every case took ~120 instructions an element (~7,500 a tile pass, mostly branches
+// around the bias), which made masked tiles instruction-bound; branches left in a loop also serialise it (each
+// element waits for the last one's loads).
 template <bool kQueryRows, bool kBias, int MT, int NT, typename A, typename F>
 __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointwise<A>& pw, const A* tb,
-                                               const A* tb_s, const int4* oct, const Mask& m, bool full, int row0,
-                                               int col0, const int64_t* rts, const int64_t* cts, int lane, F&& f) {
+                                               const LogBin<A>* bins, const A* pdiag, const Mask& m, bool full,
+                                               int row0, int col0, const int64_t* rts, const int64_t* cts, int lane,
+                                               F&& f) {
   const bool plain = !m.targets && m.c == 0 && m.w == 0;
   if constexpr (!kBias) {
     if (full) {
@@ -248,11 +263,16 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
     }
     return;
   }
-  if (pw.has_pos && pw.has_time && pw.log_bucket && tb_s != nullptr && plain) {
+  if (pw.has_pos && pw.has_time && pw.log_bucket && plain) {
+    // The diagonal of element (mt, nt, e) is this lane's (from its first row g and column 2c) plus a constant:
+    // each position-bias read is one shared load at an immediate offset from pos_lane.
+    const int g = lane >> 2, c = lane & 3;
+    const A* pos_lane = pdiag + (kQueryRows ? 2 * c - g : g - 2 * c);
     for_each_plain<kQueryRows, MT, NT>(m, row0, col0, lane, [&](bool ok, int rl, int cl, int mt, int nt, int e) {
-      const int i = kQueryRows ? row0 + rl : col0 + cl, j = kQueryRows ? col0 + cl : row0 + rl;
-      const int bucket = time_bucket(kQueryRows ? rts[rl] - cts[cl] : cts[cl] - rts[rl], pw.nb, true, oct);
-      const A s = pw.alpha * acc[mt][nt][e] + (ok ? __ldg(pw.pos + (j - i + pw.N - 1)) : A(0)) + tb_s[bucket];
+      const int dc = 8 * nt + (e & 1), dr = 16 * mt + 8 * (e >> 1);
+      int bucket;
+      const A tv = log_time_bias(kQueryRows ? rts[rl] - cts[cl] : cts[cl] - rts[rl], bins, bucket);
+      const A s = pw.alpha * acc[mt][nt][e] + pos_lane[kQueryRows ? dc - dr : dr - dc] + tv;
       f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
     });
     return;
@@ -260,13 +280,18 @@ __device__ __forceinline__ void for_each_score(A (&acc)[MT][NT][4], const Pointw
   for_each_position<kQueryRows, MT, NT>(m, row0, col0, lane,
                                         [&](int i, int j, int ii, int jj, int r, int cl, int mt, int nt, int e) {
     const bool ok = full | ((i < m.n) & (j < m.n) && m.valid(i, j, ii, jj));
-    // Computed for every element (no divergent branch); the clamp only matters for padding positions.
+    // Computed for every element (no divergent branch); padding positions read the window's zeros.
     A s = pw.alpha * acc[mt][nt][e];
     int bucket = -1;
-    if (pw.has_pos) s += __ldg(pw.pos + min(max(j - i + pw.N - 1, 0), 2 * pw.N - 2));
+    if (pw.has_pos) s += pdiag[kQueryRows ? (j - col0) - (i - row0) : (j - row0) - (i - col0)];
     if (pw.has_time) {
-      bucket = time_bucket(kQueryRows ? rts[r] - cts[cl] : cts[cl] - rts[r], pw.nb, pw.log_bucket, oct);
-      s += tb[bucket];
+      const int64_t diff = kQueryRows ? rts[r] - cts[cl] : cts[cl] - rts[r];
+      if (pw.log_bucket) {
+        s += log_time_bias(diff, bins, bucket);
+      } else {
+        bucket = sqrt_time_bucket(diff, pw.nb);
+        s += tb[bucket];
+      }
     }
     f(acc[mt][nt][e], ok, ok ? s : A(0), ok ? bucket : -1, mt, nt, e);
   });
@@ -321,6 +346,19 @@ __device__ __forceinline__ void load_ts(int64_t* s, const int64_t* ts, int r0, i
     const int i = r0 + r;
     const bool ok = i < n;
     cp_async<8>(s + r, ok ? ts + (next ? min(i + 1, n - 1) : i) : ts, ok);
+  }
+}
+
+// The position-bias values of a tile of QB queries from qi0 and KB keys from kj0: s[u] = pos[j - i + N - 1] for
+// u = (j - kj0) - (i - qi0) + QB - 1, zero past the table (padding rows, never valid). Read by diagonal
+// (for_each_score's pdiag), it spares each element a global gather with its 64-bit address.
+template <int QB, int KB, typename A>
+__device__ __forceinline__ void load_pos_window(A* s, const A* pos, int qi0, int kj0, int N) {
+  const int x0 = kj0 - qi0 - (QB - 1) + N - 1;
+  for (int u = threadIdx.x; u < QB + KB - 1; u += blockDim.x) {
+    const int x = x0 + u;
+    const bool ok = x >= 0 && x <= 2 * N - 2;
+    cp_async<sizeof(A)>(s + u, ok ? pos + x : pos, ok);
   }
 }
 
