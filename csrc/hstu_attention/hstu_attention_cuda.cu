@@ -5,10 +5,11 @@
 // Per sequence b and head h: S = alpha Q Kᵀ + R, P = SiLU(S) / N ⊙ M, O = P V. There is no softmax, so the
 // forward needs no running max or normaliser: O is a plain sum over key tiles.
 //
-// Forward: one block per (query block, head, sequence), 4 warps, each warp owning 16 or 32 query rows. Q stays
-// in shared memory; K and V tiles stream through two cp.async stages. Per key tile a warp computes its slice of
-// S with mma.sync m16n8k16 (fp32 accumulators), adds R (pos_bias by j - i, time_bias by the bucket of the
-// timestamp gap, both gathered per element from the two small tables: R is never materialised), applies the
+// Forward: one block per (query block, head, sequence), 4 warps, each warp owning 16 or 32 query rows (16 with
+// the bias). Q stays in shared memory; K and V tiles stream through two cp.async stages. Per key tile a warp
+// computes its slice of S with mma.sync m16n8k16 (fp32 accumulators), adds R (pos_bias by j - i from the tile's
+// window of the table, copied with K and V; time_bias by the bucket of the timestamp gap, from a quarter-octave
+// table in shared memory that holds the bias values: R is never materialised), applies the
 // mask and SiLU, rounds P to fp16/bf16 in registers (the accumulator layout of S is the A-operand layout of
 // P V) and accumulates O. Key tiles outside the block's key span (causal diagonal, local window) are never
 // loaded; tiles entirely inside the mask skip the per-element test. Head dims are padded with zeros in shared
@@ -49,7 +50,7 @@ namespace hstu_cuda {
 namespace {
 
 // ---------------------------------------------------------------- tiles
-template <typename T, int DP>
+template <typename T, int DP, bool kBias = false>
 struct Cfg {
   static constexpr bool kTC = kTensorCores<T>;
   static constexpr int kLd = DP + 16 / static_cast<int>(sizeof(T));  // 16-byte row pad: conflict-free ldmatrix
@@ -60,11 +61,13 @@ struct Cfg {
   // (ptxas, sm_90a: at most 8 bytes of spills, in the 16-bit dQ and fp64 forward kernels at d = 64 / 128); 32 query
   // rows per warp halve the shared-memory reads per mma where they fit (the 128 x 32 / 64 x 64 choice of
   // FlashAttention-2 at head dim 128).
-  static constexpr int kFwdWM = kTC && DP <= 128 ? 32 : 16;      // forward: query rows per warp
+  // forward: query rows per warp. 16 with the bias: its per-element work needs the registers (at 32, the bf16
+  // d = 128 build serialised each element's dependent chain of ~9 instructions and a shared gather).
+  static constexpr int kFwdWM = kTC && DP <= 128 && !kBias ? 32 : 16;
   static constexpr int kFwdBM = kWarps * kFwdWM;
   static constexpr int kFwdBN = kTC && DP <= 64 ? 64 : 32;       // forward: key tile
   static constexpr int kDqBM = kWarps * 16;                      // dQ: 16 query rows per warp
-  static constexpr int kDqBN = kTC && DP <= 128 ? 64 : 32;       // dQ: key tile
+  static constexpr int kDqBN = kTC && DP <= 128 && !kBias ? 64 : 32;  // dQ: key tile (32 with the bias, as above)
   static constexpr int kKvBN = kWarps * 16;                      // dK/dV: 16 keys per warp
   static constexpr int kKvBM = kTC && DP <= 64 ? 64 : 32;        // dK/dV: query tile
   static constexpr int kChunk = DP < (kTC ? 128 : 64) ? DP : (kTC ? 128 : 64);  // dK/dV output columns
@@ -110,11 +113,11 @@ struct Carve {
   }
 };
 
-template <typename T, int DP>
+template <typename T, int DP, bool kBias>
 struct FwdSmem {
   size_t q, k, v, kts, qts, tb, bins, pos, scr, total;
   __host__ __device__ FwdSmem(int stages, bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
-    using C = Cfg<T, DP>;
+    using C = Cfg<T, DP, kBias>;
     const size_t row = C::kLd * sizeof(T);
     Carve c;
     q = c.take(C::kFwdBM * row);
@@ -130,12 +133,12 @@ struct FwdSmem {
   }
 };
 
-template <typename T, int DP>
+template <typename T, int DP, bool kBias>
 struct DqSmem {
   size_t q, dout, k, v, kts, qts, tb, bins, pwin, ds, carry, hist, scr, total;
   __host__ __device__ DqSmem(int stages, bool time, bool tb_smem, bool log_bins, int nbins, bool pos, int hist_copies,
                              bool wide) {
-    using C = Cfg<T, DP>;
+    using C = Cfg<T, DP, kBias>;
     using A = acc_t<T>;
     const size_t row = C::kLd * sizeof(T);
     Carve c;
@@ -220,12 +223,12 @@ __device__ __forceinline__ Params<A> specialise(const Params<A>& params) {
 // ---------------------------------------------------------------- forward
 template <typename T, int DP, bool kBias>
 __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Params<acc_t<T>> params) {
-  using C = Cfg<T, DP>;
+  using C = Cfg<T, DP, kBias>;
   using A = acc_t<T>;
   const Params<A> p = specialise<kBias>(params);
   constexpr int LD = C::kLd, BM = C::kFwdBM, BN = C::kFwdBN, WM = C::kFwdWM, MT = WM / 16, NT = BN / 8, OT = DP / 8;
   extern __shared__ __align__(16) unsigned char smem[];
-  const FwdSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
+  const FwdSmem<T, DP, kBias> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sK = reinterpret_cast<T*>(smem + L.k);
   T* sV = reinterpret_cast<T*>(smem + L.v);
@@ -241,7 +244,6 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
   LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -259,6 +261,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     cp_async_commit();
   };
   load_kv(kb0, 0);
+  // After the first copies are issued, so that the tables' global reads overlap them.
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
 
   A o[MT][OT][4];
   zero(o);
@@ -278,8 +282,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
     const bool full = tile_full(m, m0, m0 + BM, n0, n0 + BN);
     const A* pdiag = sPos + st * (BM + BN) + BM - 1 - warp * WM;
     for_each_score<true, kBias>(s, pw, tb, bins, pdiag, m, full, m0 + warp * WM, n0, sQts + warp * WM,
-                                sKts + st * BN, lane, [&](A& x, bool ok, A y, int, int, int, int) {
-                                  x = ok ? y * sigmoid<T>(y) * pw.inv_n : A(0);
+                                sKts + st * BN, lane, [&](A& x, bool, A y, int, int, int, int) {
+                                  x = silu_over_n<T>(y, pw.inv_n);  // y = 0 when masked
                                 });
     gemm_rs<T, MT, OT, BN / 16, true>(o, s, sV + st * BN * LD, LD, scr, lane);
     __syncthreads();  // this stage is free again
@@ -296,13 +300,13 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
 // ---------------------------------------------------------------- backward: dQ and the bias partials
 template <typename T, int DP, bool kBias>
 __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> params) {
-  using C = Cfg<T, DP>;
+  using C = Cfg<T, DP, kBias>;
   using A = acc_t<T>;
   const Params<A> p = specialise<kBias>(params);
   constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   const int nbins = p.pw.nb + 1;
-  const DqSmem<T, DP> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, p.hist_copies,
+  const DqSmem<T, DP, kBias> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, p.hist_copies,
                         p.hist_wide);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sO = reinterpret_cast<T*>(smem + L.dout);
@@ -322,6 +326,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
   LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
+  // Before the first copies here (after them, as in the other kernels, the d = 256 builds spilled).
   const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
@@ -477,7 +482,6 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n), c0 = wk.chunk * CH;
   const Pointwise<A>& pw = p.pw;
   LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
-  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
   const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
   const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
@@ -506,6 +510,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   int mb = next_block(0);
   if (mb < nmb) load_q(mb, 0);
   else cp_async_commit();
+  // After the first copies are issued, so that the tables' global reads overlap them.
+  const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
 
   A dk[1][CT][4], dv[1][CT][4];
   zero(dk);
@@ -532,7 +538,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
     for_each_score<false, kBias>(s, pw, tb, bins, pdiag, m, full, n0 + warp * 16, m0, sKts + warp * 16,
                                  sQts + st * BM, lane, [&](A& x, bool ok, A y, int, int, int nt, int f) {
                                    const A sig = sigmoid<T>(y);
-                                   x = ok ? y * sig * pw.inv_n : A(0);
+                                   x = y * sig * pw.inv_n;  // y = 0 when masked
                                    dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (A(1) + y * (A(1) - sig)) : A(0);
                                  });
     gemm_rs<T, 1, CT, BM / 16, true>(dv, s, o_s + c0, LD, scr, lane);
@@ -842,33 +848,35 @@ void launch(Kernel kernel, size_t programs, int threads, size_t smem, const P& p
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, int DP>
-void run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, const Inputs& in,
-                 double alpha, bool causal, int64_t c, int64_t w) {
-  using C = Cfg<T, DP>;
-  using A = acc_t<T>;
-  auto p = make_params<A>(in, alpha, causal, c, w);
-  p.q = q.const_data_ptr();
-  p.k = k.const_data_ptr();
-  p.v = v.const_data_ptr();
-  p.out = out.data_ptr();
-  p.vec = vectorizable(sizeof(T), in.s.Dqk, in.s.Dv, {p.q, p.k, p.v, p.out});
-  const int nbins = p.pw.nb + 1;
-  const auto [stages, smem] =
-      pick_stages(FwdSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
-                  FwdSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
-                  smem_optin(q.get_device()),
-                  "forward");
+template <typename T, int DP, bool kBias>
+void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& device) {
+  using C = Cfg<T, DP, kBias>;
+  auto layout = [&](int stages) {
+    return FwdSmem<T, DP, kBias>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
+  };
+  const auto [stages, smem] = pick_stages(layout(2), layout(1), smem_optin(device.index()), "forward");
   p.stages = stages;
   const auto work = query_work(in.s, C::kFwdBM);
   Upload up;
   const SequenceSlots seqs(up, in.s);
   const int64_t work_slot = up.add(work);
-  up.send(q.device());
+  up.send(device);
   seqs.attach(up, p);
   p.work = up.on_device<Work>(work_slot);
-  const auto kernel = p.pw.has_pos || p.pw.has_time ? hstu_fwd_kernel<T, DP, true> : hstu_fwd_kernel<T, DP, false>;
-  launch(kernel, work.size(), C::kThreads, smem, p);
+  launch(hstu_fwd_kernel<T, DP, kBias>, work.size(), C::kThreads, smem, p);
+}
+
+template <typename T, int DP>
+void run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, const Inputs& in,
+                 double alpha, bool causal, int64_t c, int64_t w) {
+  auto p = make_params<acc_t<T>>(in, alpha, causal, c, w);
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.out = out.data_ptr();
+  p.vec = vectorizable(sizeof(T), in.s.Dqk, in.s.Dv, {p.q, p.k, p.v, p.out});
+  if (p.pw.has_pos || p.pw.has_time) launch_forward<T, DP, true>(p, in, q.device());
+  else launch_forward<T, DP, false>(p, in, q.device());
 }
 
 template <typename T, int DP>
@@ -889,7 +897,9 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
   p.vec = vectorizable(sizeof(T), s.Dqk, s.Dv, {p.q, p.k, p.v, p.dout, p.dq, p.dk, p.dv});
   const int nbins = p.pw.nb + 1, limit = smem_optin(q.get_device());
   const auto dev = q.device();
-  constexpr int BM = C::kDqBM, BN = C::kDqBN, W = C::kWarps;
+  const bool bias = p.pw.has_pos || p.pw.has_time;
+  constexpr int BM = C::kDqBM, W = C::kWarps;
+  const int BN = bias ? Cfg<T, DP, true>::kDqBN : C::kDqBN;  // dQ key tile
 
   // Everything the two kernels read from the host, in one copy.
   Upload up;
@@ -912,13 +922,14 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
 
   // dK, dV
   {
-    const auto [stages, smem] = pick_stages(KvSmem<T, DP>(2, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
-                                            KvSmem<T, DP>(1, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos),
-                                            limit, "dK/dV");
+    auto layout = [&](int stages) {
+      return KvSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos);
+    };
+    const auto [stages, smem] = pick_stages(layout(2), layout(1), limit, "dK/dV");
     auto pk = p;
     pk.stages = stages;
     pk.work = up.on_device<Work>(kv_work_slot);
-    const auto kernel = p.pw.has_pos || p.pw.has_time ? hstu_dkdv_kernel<T, DP, true> : hstu_dkdv_kernel<T, DP, false>;
+    const auto kernel = bias ? hstu_dkdv_kernel<T, DP, true> : hstu_dkdv_kernel<T, DP, false>;
     launch(kernel, kv_work.size(), C::kThreads, smem, pk);
   }
 
@@ -951,18 +962,21 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     const int64_t per_lane = static_cast<int64_t>((max_n + BN - 1) / BN) * (BN / 2);
     p.hist_wide = std::is_same_v<A, double> || value_bits(32, per_lane * 32 * W) < kMinSplitBits;  // worst: 1 copy
   }
-  {
-    const auto kernel = p.pw.has_pos || p.pw.has_time ? hstu_dq_kernel<T, DP, true> : hstu_dq_kernel<T, DP, false>;
+  auto launch_dq = [&](auto bias_build) {
+    constexpr bool kBias = decltype(bias_build)::value;
+    const auto kernel = hstu_dq_kernel<T, DP, kBias>;
     auto layout = [&](int stages, int copies) {
-      return DqSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, copies,
-                           p.hist_wide);
+      return DqSmem<T, DP, kBias>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, copies,
+                                  p.hist_wide);
     };
     const int stages = pick_stages(layout(2, 0), layout(1, 0), limit, "dQ").first;
     p.stages = stages;
     p.hist_copies = p.pw.has_time ? hist_copies(kernel, C::kThreads, limit, [&](int c) { return layout(stages, c).total; })
                                   : 0;
     launch(kernel, work.size(), C::kThreads, layout(stages, p.hist_copies).total, p);
-  }
+  };
+  if (bias) launch_dq(std::true_type{});
+  else launch_dq(std::false_type{});
 
   // Bias gradients: fixed-order sums of the partials.
   const int programs = static_cast<int>(work.size());

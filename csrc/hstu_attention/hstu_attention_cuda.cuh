@@ -316,6 +316,21 @@ __device__ __forceinline__ A sigmoid(A x) {
   }
 }
 
+// P = SiLU(x) / N = x sigmoid(x) inv_n; 0 at x = 0, so masked scores (0) need no select. bf16: with h = x / 2
+// and t = tanh(h), P = u t + u for u = h inv_n (four instructions with one special-function op).
+template <typename T, typename A>
+__device__ __forceinline__ A silu_over_n(A x, A inv_n) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const float h = 0.5f * x;
+    float t;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(h));
+    const float u = h * inv_n;
+    return fmaf(u, t, u);
+  } else {
+    return x * sigmoid<T>(x) * inv_n;
+  }
+}
+
 // ---------------------------------------------------------------- loaders
 // Rows [r0, r0 + R) of one head into s (row stride LD): x points at the sequence's first row of that head,
 // ldg is the row stride in global memory. Rows past n and columns past D are written as zeros, so the padded
