@@ -306,8 +306,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   constexpr int LD = C::kLd, BM = C::kDqBM, BN = C::kDqBN, NT = BN / 8, QT = DP / 8, W = C::kWarps;
   extern __shared__ __align__(16) unsigned char smem[];
   const int nbins = p.pw.nb + 1;
-  const DqSmem<T, DP, kBias> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, p.hist_copies,
-                        p.hist_wide);
+  const DqSmem<T, DP, kBias> L(p.stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos,
+                               p.hist_copies, p.hist_wide);
   T* sQ = reinterpret_cast<T*>(smem + L.q);
   T* sO = reinterpret_cast<T*>(smem + L.dout);
   T* sK = reinterpret_cast<T*>(smem + L.k);
@@ -351,7 +351,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   ExactHist<A> hist;
   if (pw.has_time) {
     const int copies = p.hist_copies ? p.hist_copies : p.hist_wide ? 1 : 2;
-    unsigned* words = p.hist_copies ? reinterpret_cast<unsigned*>(smem + L.hist) : reinterpret_cast<unsigned*>(time_out);
+    unsigned* words =
+        p.hist_copies ? reinterpret_cast<unsigned*>(smem + L.hist) : reinterpret_cast<unsigned*>(time_out);
     const int n_words = copies * nbins * hist_cell_bytes(p.hist_wide) / 4;
     ExactHist<A>::zero(words, n_words, tid, blockDim.x);
     const int64_t per_lane = static_cast<int64_t>((m.n + BN - 1) / BN) * (BN / 2);  // a lane's elements, at most
@@ -971,8 +972,8 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     };
     const int stages = pick_stages(layout(2, 0), layout(1, 0), limit, "dQ").first;
     p.stages = stages;
-    p.hist_copies = p.pw.has_time ? hist_copies(kernel, C::kThreads, limit, [&](int c) { return layout(stages, c).total; })
-                                  : 0;
+    auto bytes = [&](int copies) { return layout(stages, copies).total; };
+    p.hist_copies = p.pw.has_time ? hist_copies(kernel, C::kThreads, limit, bytes) : 0;
     launch(kernel, work.size(), C::kThreads, layout(stages, p.hist_copies).total, p);
   };
   if (bias) launch_dq(std::true_type{});
