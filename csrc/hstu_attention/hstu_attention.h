@@ -44,7 +44,9 @@ inline HstuMask make_hstu_mask(int64_t n, int64_t num_targets, bool has_targets,
 
 // bucket(x) in float32, as every backend computes it: "log" floor(log(max(|x|, 1)) / 0.301), "sqrt"
 // floor(sqrt(|x|)), clamped to [0, nb].
-// x = float(|diff|); the CUDA kernel tabulates the "log" case per quarter-octave from this function.
+// x = float(|diff|); the CUDA kernel tabulates the "log" case per quarter-octave from this function. logf (glibc)
+// and torch.log (Sleef, 1 ULP) differ by an ULP for some x, so a gap within an ULP of a step can land one bucket
+// apart here and in the torch reference: 11,455,709 is bucket 54 here and 53 there, 15,479,070 is 54 and 55.
 RECSYS_HOST_DEVICE int64_t hstu_time_bucket_of(float x, int64_t nb, bool log_bucket) {
   const float b = log_bucket ? floorf(logf(x > 1.f ? x : 1.f) / 0.301f) : floorf(sqrtf(x));
   const int64_t k = static_cast<int64_t>(b);

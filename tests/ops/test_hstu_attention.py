@@ -444,6 +444,43 @@ def test_cuda_many_time_buckets(dtype):
     check_long_case(case, "cuda", "cuda")
 
 
+def log_bucket_step_case(device: str, nb: int = 90) -> dict:
+    """One sequence whose gaps to its first item straddle every "log" bucket step up to nb: for each step, the
+    integers and float32 neighbours around exp(0.301 k). q = k = 0, so S = R; time_bias = 0, 1, 2, ... makes a
+    bucket off by one move the score by 1."""
+    gaps = set()
+    for step in range(1, nb + 1):
+        t = math.ceil(math.exp(0.301 * step))
+        f = torch.tensor(float(t), dtype=torch.float32)
+        near = torch.stack([torch.nextafter(f, torch.tensor(-math.inf)), f, torch.nextafter(f, torch.tensor(math.inf))])
+        gaps |= {t - 1, t, t + 1, *(int(x) for x in near.double().tolist())}
+    ts = torch.tensor([0, *sorted(gaps)], dtype=torch.int64, device=device)
+    n, gen = ts.numel(), torch.Generator().manual_seed(5)
+    zeros = torch.zeros(n, 1, 16, device=device)
+    return dict(q=zeros, k=zeros.clone(), v=torch.randn(n, 1, 32, generator=gen).to(device),
+                seq_offsets=torch.tensor([0, n], device=device), max_seq_len=n, alpha=1.0, causal=True,
+                num_targets=None, contextual_seq_len=0, max_attn_len=0, timestamps=ts, pos_bias=None,
+                time_bias=torch.arange(nb + 1, dtype=torch.float32, device=device).requires_grad_(True),
+                time_bucket="log")
+
+
+@pytest.mark.gpu
+def test_cuda_log_buckets_match_cpu_at_every_step():
+    """The CUDA kernels' quarter-octave bucket table (log_time_bias) against the C++ CPU op, which evaluates the
+    float32 formula per element: the same bucket for every gap next to a step, so the same output and the same
+    time-bias gradient."""
+    require_backend(OP, "cuda", "cuda")
+    require_backend(OP, "cpu", "cpu")
+    outs = {}
+    for device, backend in (("cpu", "cpu"), ("cuda", "cuda")):
+        inp = log_bucket_step_case(device)
+        out = run(inp, backend)
+        (d_time,) = torch.autograd.grad(out, [inp["time_bias"]], torch.ones_like(out))
+        outs[backend] = (out.cpu(), d_time.cpu())
+    torch.testing.assert_close(outs["cuda"][0], outs["cpu"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs["cuda"][1], outs["cpu"][1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_cuda_forward_backward_bit_identical(dtype):
