@@ -8,6 +8,7 @@ Cases reuse the benchmarks' input makers, so a profile is of exactly the timed i
   hstu-small   B 128, N 256, H 2, d 64, bf16, bias off (issue 3's research shape); hstu-small-bias: bias on
   hstu-256     B 256, N 256, H 4, d 128
   hstu-1024    B 64, N 1024, H 4, d 64
+  hstu-1024-128 / hstu-1024-128-bias   B 64, N 1024, H 4, d 128, bias off / on (where the bias's backward cost sits)
   int4-one     one table E = 4M, D = 128, B = 65536, L = 32, fp32 output
   int4-criteo  26 Criteo tables, D = 128, B = 65536, L = 1, fp32 output
 Modes: fwd, fwd+bwd (hstu only). Backends: cuda, triton (cpu, reference for smoke runs). Device: cuda (default), cpu.
@@ -23,7 +24,9 @@ from benchmarks.ops import bench_hstu_attention, bench_int4_embedding_bag
 from recsys_kernels import ops, use_backend
 
 HSTU = {"hstu-small": dict(B=128, N=256, H=2, d=64, bias=0), "hstu-small-bias": dict(B=128, N=256, H=2, d=64, bias=1),
-        "hstu-256": dict(B=256, N=256, H=4, d=128, bias=0), "hstu-1024": dict(B=64, N=1024, H=4, d=64, bias=0)}
+        "hstu-256": dict(B=256, N=256, H=4, d=128, bias=0), "hstu-1024": dict(B=64, N=1024, H=4, d=64, bias=0),
+        "hstu-1024-128": dict(B=64, N=1024, H=4, d=128, bias=0),
+        "hstu-1024-128-bias": dict(B=64, N=1024, H=4, d=128, bias=1)}
 INT4 = {"int4-one": dict(T=1, E=4_000_000, D=128, B=65536, L=32),
         "int4-criteo": dict(T=26, E=0, D=128, B=65536, L=1)}
 CALLS = 5
