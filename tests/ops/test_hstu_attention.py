@@ -451,8 +451,8 @@ def log_bucket_step_case(device: str, nb: int = 90) -> dict:
     gaps = set()
     for step in range(1, nb + 1):
         t = math.ceil(math.exp(0.301 * step))
-        f = torch.tensor(float(t), dtype=torch.float32)
-        near = torch.stack([torch.nextafter(f, torch.tensor(-math.inf)), f, torch.nextafter(f, torch.tensor(math.inf))])
+        f, inf = torch.tensor(float(t)), torch.tensor(math.inf)
+        near = torch.stack([torch.nextafter(f, -inf), f, torch.nextafter(f, inf)])  # distinct integers past 2^24
         gaps |= {t - 1, t, t + 1, *(int(x) for x in near.double().tolist())}
     ts = torch.tensor([0, *sorted(gaps)], dtype=torch.int64, device=device)
     n, gen = ts.numel(), torch.Generator().manual_seed(5)
@@ -477,8 +477,10 @@ def test_cuda_log_buckets_match_cpu_at_every_step():
         out = run(inp, backend)
         (d_time,) = torch.autograd.grad(out, [inp["time_bias"]], torch.ones_like(out))
         outs[backend] = (out.cpu(), d_time.cpu())
-    torch.testing.assert_close(outs["cuda"][0], outs["cpu"][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(outs["cuda"][1], outs["cpu"][1], rtol=1e-5, atol=1e-5)
+    # A bucket off by one moves an output or a time-bias gradient by ~1 / n (0.003): far above these tolerances,
+    # which leave room for summation order and the histogram's fixed-point rounding.
+    torch.testing.assert_close(outs["cuda"][0], outs["cpu"][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs["cuda"][1], outs["cpu"][1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
