@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One call on the lent GPU: build the extension, run the GPU tests, then the benchmarks named as arguments
-# (default: every benchmarks/ops/bench_*.py). Logs and result files go to $OUT (or bench_out/).
+# (default: every benchmarks/ops/bench_*.py). Logs and result files go to bench_out/, or on the lent GPU machine
+# into one archive, $OUT/logs.tgz (its tool brings back only a few files a call).
 #   bash benchmarks/run_gpu.sh [bench_dot_interaction ...]      ("none": build and test only)
 set -uo pipefail
-out="${OUT:-bench_out}"; mkdir -p "$out"
+if [ -n "${OUT:-}" ]; then out="$OUT/logs"; trap 'tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$out"' EXIT
+else out=bench_out; fi
+mkdir -p "$out"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}"
 export MAX_JOBS="${MAX_JOBS:-16}" RECSYS_KERNELS_CUDA=1 PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"

@@ -1,0 +1,60 @@
+"""What a small pinned host-to-device copy adds in front of a kernel on the same stream, timed like the op
+benchmarks (CUDA events around the region, L2 flushed before each repetition).
+
+    python -m benchmarks.ops.probe_upload_latency          # GPU only
+
+Why: the CUDA hstu_attention forward uploads its work list and offsets (~9 KB at B 128, N 256, H 2) with one
+asynchronous copy before its kernel. At that shape the benchmark reads ~39 µs against a ~27 µs kernel (ncu,
+RESULTS.md fourteenth session); this probe says how much of the ~12 µs the copy is, against a second kernel
+launch in its place.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+UPLOAD_WORDS = 2304  # int32 words: 512 work items of 16 bytes + 129 int64 offsets, as at B 128, N 256, H 2
+
+
+def median_us(fn, flush: torch.Tensor, reps: int = 200) -> float:
+    for _ in range(20):
+        fn()
+    pairs = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3
+
+
+def main() -> None:
+    dev = torch.device("cuda")
+    x = torch.empty(1 << 16, device=dev)
+    flush = torch.empty(64 << 20, dtype=torch.int32, device=dev)
+    pinned = torch.empty(UPLOAD_WORDS, dtype=torch.int32).pin_memory()
+
+    def kernel() -> None:
+        x.add_(1)
+
+    def upload_then_kernel() -> None:
+        pinned.to(dev, non_blocking=True)
+        kernel()
+
+    def two_kernels() -> None:
+        kernel()
+        kernel()
+
+    print(f"device: {torch.cuda.get_device_name(dev)}")
+    print(f"one small kernel                  {median_us(kernel, flush):7.2f} us")
+    print(f"{UPLOAD_WORDS * 4} B pinned copy, then the kernel {median_us(upload_then_kernel, flush):7.2f} us")
+    print(f"two small kernels                 {median_us(two_kernels, flush):7.2f} us")
+
+
+if __name__ == "__main__":
+    main()
