@@ -41,8 +41,9 @@ MAX_HEAD_DIM = 256
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor, max_seq_len: int,
                  num_targets: torch.Tensor | None, contextual_seq_len: int, max_attn_len: int,
                  timestamps: torch.Tensor | None, pos_bias: torch.Tensor | None, time_bias: torch.Tensor | None,
-                 time_bucket: str) -> None:
-    """Raise ValueError naming the argument; value checks on offsets/targets only in eager mode."""
+                 time_bucket: str) -> torch.Tensor | None:
+    """Raise ValueError naming the argument; value checks on offsets/targets only in eager mode. Returns the
+    int64 CPU copy of seq_offsets that the value checks read (None when they read nothing: tracing, fake, HPU)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 3:
             raise ValueError(f"{name} must have shape (L, H, D), got {tuple(t.shape)}")
@@ -102,6 +103,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets:
             nt = num_targets.detach().to("cpu", torch.int64)
             if bool((nt < 0).any()) or bool((nt > lengths).any()):
                 raise ValueError("num_targets must be in [0, sequence length] for every sequence")
+    return offsets_read
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
