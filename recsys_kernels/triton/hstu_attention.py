@@ -432,6 +432,8 @@ def _no_data(t: torch.Tensor) -> bool:
 
 
 def _pad(d: int) -> int:
+    if type(d) is int:  # triton.next_power_of_2 costs ~1.5 us a call on the host; SymInts (tracing) need it
+        return max(16, 1 << (d - 1).bit_length())
     return max(16, triton.next_power_of_2(d))
 
 
