@@ -434,6 +434,32 @@ def test_triton_uneven_tiles_over_long_sequences(dims, config, monkeypatch):
     check_long_case(case, "cpu", "triton")
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_triton_writes_every_output_element(device, monkeypatch):
+    """The Triton op starts its output and dq, dk, dv from torch.empty and zeroes only the rows past
+    seq_offsets[B]; here those buffers start as NaN, so a row or column no kernel stores fails the comparison.
+    Tail rows, an empty sequence, targets, a contextual prefix, a window and both biases."""
+    require_backend(OP, device, "triton")
+    from recsys_kernels.triton import hstu_attention as tri
+
+    zero_unwritten = tri._zero_unwritten
+    monkeypatch.setattr(tri, "_zero_unwritten", lambda x, host: zero_unwritten(x.fill_(float("nan")), host))
+    g = torch.Generator().manual_seed(3)
+    L, H, dqk, dv, N = 40, 2, 25, 16, 20
+    q, k, v = (torch.randn(L, H, d, generator=g).to(device).requires_grad_() for d in (dqk, dqk, dv))
+    args = (torch.tensor([0, 5, 5, 17, 30]), N, 0.1, True, torch.tensor([1, 0, 3, 2]), 2, 6,
+            torch.randint(0, 50, (L,), generator=g).cumsum(0).to(device), torch.randn(2 * N - 1, generator=g).to(device),
+            torch.randn(9, generator=g).to(device), "log")
+    out = torch.ops.recsys.hstu_attention_triton(q, k, v, *args)
+    exact = ref.hstu_attention(q, k, v, *args)
+    torch.testing.assert_close(out, exact, rtol=1e-4, atol=1e-5)
+    assert bool((out[30:] == 0).all())
+    grad = torch.randn(out.shape, generator=g).to(device)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(exact, (q, k, v), grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert bool((got[30:] == 0).all())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
 def test_cuda_many_time_buckets(dtype):
