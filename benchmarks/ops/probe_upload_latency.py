@@ -1,5 +1,5 @@
 """What a small pinned host-to-device copy adds in front of a kernel on the same stream, timed like the op
-benchmarks (CUDA events around the region, L2 flushed before each repetition).
+benchmarks (recsys_kernels.benchmarking.time_ms).
 
     python -m benchmarks.ops.probe_upload_latency          # GPU only
 
@@ -11,32 +11,21 @@ launch in its place.
 
 from __future__ import annotations
 
-import statistics
-
 import torch
+
+from recsys_kernels.benchmarking import time_ms
 
 UPLOAD_WORDS = 2304  # int32 words: 512 work items of 16 bytes + 129 int64 offsets, as at B 128, N 256, H 2
 
 
-def median_us(fn, flush: torch.Tensor, reps: int = 200) -> float:
-    for _ in range(20):
-        fn()
-    pairs = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3
+def median_us(fn) -> float:
+    """Median of one call, CUDA events around it, L2 flushed before each (the op benchmarks' timer)."""
+    return time_ms(fn, device="cuda", warmup=20, rep=200) * 1e3
 
 
 def main() -> None:
     dev = torch.device("cuda")
     x = torch.empty(1 << 16, device=dev)
-    flush = torch.empty(64 << 20, dtype=torch.int32, device=dev)
     pinned = torch.empty(UPLOAD_WORDS, dtype=torch.int32).pin_memory()
 
     def kernel() -> None:
@@ -51,9 +40,9 @@ def main() -> None:
         kernel()
 
     print(f"device: {torch.cuda.get_device_name(dev)}")
-    print(f"one small kernel                  {median_us(kernel, flush):7.2f} us")
-    print(f"{UPLOAD_WORDS * 4} B pinned copy, then the kernel {median_us(upload_then_kernel, flush):7.2f} us")
-    print(f"two small kernels                 {median_us(two_kernels, flush):7.2f} us")
+    print(f"one small kernel                  {median_us(kernel):7.2f} us")
+    print(f"{UPLOAD_WORDS * 4} B pinned copy, then the kernel {median_us(upload_then_kernel):7.2f} us")
+    print(f"two small kernels                 {median_us(two_kernels):7.2f} us")
 
 
 if __name__ == "__main__":
