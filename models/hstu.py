@@ -10,8 +10,9 @@ The whole stack runs on the jagged batch (L rows = the valid positions of all se
         x   = x + W_o dropout(LayerNorm(a) ⊙ u)
     h   = x / |x|                                                               (L, D)
 
-LayerNorms have no affine parameters and eps 1e-6; attention scores are not scaled (alpha = 1) and are
-divided by max_len inside the op, the relative time bias buckets log(|Δt|)/0.301 into 128 buckets — all as
+LayerNorms have no affine parameters and eps 1e-6; attention scores are not scaled (alpha = 1; the tuned
+``-fast`` quality configs use generative-recommenders' newer STU default, 1/sqrt(dqk)) and are divided by
+max_len inside the op, the relative time bias buckets log(|Δt|)/0.301 into 128 buckets — all as
 generative-recommenders' research code for its ML-1M configs. Training: sampled softmax against uniformly
 sampled negatives with l2-normalised query and item embeddings and a temperature. Data without timestamps
 gets all-zero timestamps: the time bias then degenerates to one learned constant.
