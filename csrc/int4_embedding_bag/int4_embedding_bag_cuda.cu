@@ -6,12 +6,18 @@
 // aligned 16-byte units; one thread owns one unit of every row of one bag: unit 0 holds the fp16 scale and bias
 // and 24 codes, unit c >= 1 holds 32 codes (columns 24 + 32 (c - 1) ...). So a row costs C independent 16-byte
 // loads spread over C neighbouring lanes (one coalesced 80-byte request for D = 128), threads of unit c >= 1 read
-// the 4-byte scale/bias word of the row (same sector, an L1 hit), and each thread walks its bag 3 rows at a time
-// (indices, then 3 row loads in flight, then accumulation): with ~2k threads per SM that keeps tens of thousands
-// of row loads in flight per GPU, enough to cover HBM latency. Every column is accumulated sequentially over the
-// bag's rows in float32 (the QAT kernel uses the same order and expressions), divided by the bag length for
-// "mean", converted once, and stored 16 bytes at a time through shared memory. Blocks belong to one table
-// (block_start), so tables of different D and row counts share the launch (TBE batching).
+// the 4-byte scale/bias word of the row (same sector, an L1 hit), and each thread walks its bag one row at a
+// time. Memory parallelism comes from resident warps rather than rows in flight: blocks of 64 threads under 64
+// registers, 16 blocks (32 warps) an SM. Every column is accumulated sequentially over the bag's rows in float32
+// (the QAT kernel uses the same order and expressions), divided by the bag length for "mean" and converted once.
+// Short bags (Criteo's one-row bags) store their output through shared memory, long ones straight from
+// registers (see int4_bag_kernel). Blocks belong to one table (block_start), so tables of different D and row
+// counts share the launch (TBE batching).
+//
+// Measured (H100, 2026-12-07, fp32 output, ms; RESULTS.md "Sixteenth session"): against the previous 256-thread
+// blocks with 3 rows in flight and 3 blocks an SM, one table L = 32 0.183 -> 0.160, 26 tables L = 1 0.609 ->
+// 0.521, L = 32 3.023 -> 2.614. Of eight variants, more rows in flight (3 or 6) lost everywhere; staging at
+// L = 32 cost 6%, direct stores at L = 1 cost 60%; a warp-level barrier instead of the block's did not help.
 // (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
 // rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
 // 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
@@ -30,7 +36,9 @@ namespace recsys {
 namespace int4_cuda {
 namespace {
 
-constexpr int kUnroll = 3;  // rows in flight per thread: 4 spills under the 80-register bound below
+constexpr int kBagThreads = 64;    // lookup block: 2 warps
+constexpr int kBagBlocksPerSM = 16;  // 32 warps an SM under 64 registers a thread, no spills (sm_90a)
+constexpr int kStageBelowRows = 8;   // bags averaging fewer rows stage their output (see int4_bag_kernel)
 
 // Table t of the block: the largest t with block_start[t] <= blockIdx.x.
 __device__ __forceinline__ int block_table(const TableParams& tp) {
@@ -77,33 +85,21 @@ __device__ __forceinline__ void add_unit(float (&acc)[32], const uint4& data, ui
   }
 }
 
-// Rows [start, stop) of the bag, kUnroll at a time straight into registers.
+// Rows [start, stop) of the bag, one at a time straight into registers.
 template <typename index_t>
 __device__ __forceinline__ void pool_direct(const RowSource& src, const index_t* __restrict__ indices,
                                             const float* __restrict__ psw, int64_t start, int64_t stop,
                                             float (&acc)[32], int& bad) {
   const bool weighted = psw != nullptr;
-  for (int64_t p0 = start; p0 < stop; p0 += kUnroll) {
-    const uint8_t* row[kUnroll];
-    bool ok[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t p = p0 + u;
-      ok[u] = p < stop && src.locate(static_cast<int64_t>(indices[p]), row[u]);
-      if (p < stop && !ok[u]) bad |= kBadIndex;
+  for (int64_t p = start; p < stop; ++p) {
+    const uint8_t* row;
+    if (!src.locate(static_cast<int64_t>(indices[p]), row)) {
+      bad |= kBadIndex;
+      continue;
     }
-    uint4 data[kUnroll];
-    uint32_t sb[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (ok[u]) {
-        data[u] = load_nc_16(row[u] + 16 * src.c);
-        sb[u] = src.c == 0 ? data[u].x : load_nc_4(row[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (ok[u]) add_unit(acc, data[u], sb[u], src.c, weighted ? psw[p0 + u] : 1.f, weighted);
+    const uint4 data = load_nc_16(row + 16 * src.c);
+    const uint32_t sb = src.c == 0 ? data.x : load_nc_4(row);
+    add_unit(acc, data, sb, src.c, weighted ? psw[p] : 1.f, weighted);
   }
 }
 
@@ -133,22 +129,21 @@ __device__ __forceinline__ TableExtent table_extent(const int64_t* __restrict__ 
 __device__ __forceinline__ int unit_first_col(int c, int D) { return min(c == 0 ? 0 : 24 + 32 * (c - 1), D); }
 __device__ __forceinline__ int unit_end_col(int c, int D) { return min(c == 0 ? 24 : 24 + 32 * c, D); }
 
-// The block's pooled values go out through shared memory. Its threads own one contiguous run of the flattened
-// (bag, column) space, but each thread's own run is 96-128 bytes wide, so direct 16-byte stores put a warp's 32
-// lanes on 32 different lines a store: at L = 1 (Criteo) the output is 6x the rows read and those scattered
-// stores halved the throughput. Staged, consecutive lanes store consecutive 16-byte units of each output row.
-//
-// Registers: 97 a thread unbounded with 4 rows in flight (16 warps an SM); at most 80 with 3 rows and 3 blocks
-// of 256 threads an SM (24 warps, as the Triton lookup's 2-warp programs reach), no spills on sm_90a. For L = 1
-// each thread has one row in flight, so resident warps are the memory parallelism.
-template <typename index_t, typename offset_t, typename out_t>
-__global__ void __launch_bounds__(kThreads, 3)
+// kStaged: the block's pooled values go out through shared memory. Its threads own one contiguous run of the
+// flattened (bag, column) space, but each thread's own run is 96-128 bytes wide, so direct 16-byte stores put a
+// warp's 32 lanes on 32 different lines a store: at L = 1 (Criteo) the output is 6x the bytes of the rows read and
+// those scattered stores cost 60%. Staged, consecutive lanes store consecutive 16-byte units of each output
+// row. At L = 32 the output is 1/20 of the traffic and the staging's barrier (and its shared memory, which
+// shrinks L1) cost 6% (its
+// shared memory also takes from L1), so long bags store straight from registers.
+template <typename index_t, typename offset_t, typename out_t, bool kStaged>
+__global__ void __launch_bounds__(kBagThreads, kBagBlocksPerSM)
     int4_bag_kernel(const uint8_t* __restrict__ packed, int64_t total_bytes, const index_t* __restrict__ indices,
                     const offset_t* __restrict__ offsets, const int64_t* __restrict__ table_offsets,
                     const float* __restrict__ psw, out_t* __restrict__ out, int64_t out_stride, int64_t N, int64_t B,
                     bool uniform, bool mean, bool check, int* __restrict__ err, const __grid_constant__ TableParams tp) {
   constexpr int V = 16 / sizeof(out_t);
-  __shared__ alignas(16) out_t stage[kThreads * 32];  // 32 values a thread at most
+  __shared__ alignas(16) out_t stage[kStaged ? kBagThreads * 32 : V];  // 32 values a thread at most
   const int t = block_table(tp);
   const int D = tp.D[t], rb = tp.row_bytes[t], C = rb / 16;
   const int64_t first_local = static_cast<int64_t>(blockIdx.x - tp.block_start[t]) * blockDim.x;
@@ -177,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 3)
   const int col0 = unit_first_col(c, D), n = unit_end_col(c, D) - col0;
   out_t* const table_out = out + tp.col[t];
   // Same for the whole launch but the table's column: a uniform branch around the barrier.
-  const bool staged = D % V == 0 && out_stride % V == 0 && tp.col[t] % V == 0 &&
+  const bool staged = kStaged && D % V == 0 && out_stride % V == 0 && tp.col[t] % V == 0 &&
                       reinterpret_cast<uintptr_t>(out) % 16 == 0;
   if (!staged) {
     if (active && n > 0) store_row(table_out + b * out_stride + col0, acc, n);
@@ -335,7 +330,7 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
     tp.col[t] = static_cast<int32_t>(s.D_offsets[t]);
     tp.row_bytes[t] = static_cast<int32_t>(s.row_bytes[t]);
     tp.block_start[t] = static_cast<int32_t>(blocks);
-    blocks += blocks_for(s.B * (s.row_bytes[t] / 16));
+    blocks += (s.B * (s.row_bytes[t] / 16) + kBagThreads - 1) / kBagThreads;
   }
   TORCH_CHECK(blocks < (int64_t(1) << 31), "int4_embedding_bag: batch too large for one launch (", fmt(blocks), " blocks)");
   tp.block_start[s.T] = static_cast<int32_t>(blocks);
@@ -343,13 +338,16 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
   if (per_sample_weights) psw = per_sample_weights->to(at::kFloat).contiguous();
   at::Tensor err;
   if (s.error) err = at::zeros({1}, packed.options().dtype(at::kInt));
+  const bool stage = idx.numel() < kStageBelowRows * n_bags;  // the average bag is short: the output dominates
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "int4_embedding_bag_cuda", [&] {
     using idx_t = index_t;
     AT_DISPATCH_INDEX_TYPES(off.scalar_type(), "int4_embedding_bag_cuda_offsets", [&] {
       using off_t = index_t;
       const auto launch = [&](auto out_tag) {
         using out_t = decltype(out_tag);
-        int4_bag_kernel<idx_t, off_t, out_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        const auto kernel = stage ? int4_bag_kernel<idx_t, off_t, out_t, true>
+                                  : int4_bag_kernel<idx_t, off_t, out_t, false>;
+        kernel<<<blocks, kBagThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             packed.const_data_ptr<uint8_t>(), packed.numel(), idx.const_data_ptr<idx_t>(),
             off.const_data_ptr<off_t>(), table_offsets ? to.const_data_ptr<int64_t>() : nullptr,
             per_sample_weights ? psw.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<out_t>(),

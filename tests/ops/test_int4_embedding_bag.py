@@ -148,6 +148,27 @@ def test_empty_bags_edges_and_large_shapes(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
+@pytest.mark.parametrize("short_bags", [True, False], ids=["one-row-bags", "long-bags"])
+def test_many_blocks_of_short_and_long_bags(device, backend, short_bags):
+    """Hundreds of bags over tables of D 128, 64 and 40 span many CUDA blocks, and blocks straddle bags and
+    tables: one-row bags (Criteo) take the shared-memory staged store, bags averaging >= 8 rows the direct one."""
+    require_backend(OP, device, backend)
+    B, dims = 300, (128, 64, 40)
+    g = torch.Generator().manual_seed(7)
+    cap = 1 if short_bags else 24
+    lengths = tuple(torch.randint(1 if short_bags else 8, cap + 1, (len(dims) * B,), generator=g).tolist())
+    for output_dtype, pooling in ((torch.float32, "sum"), (torch.bfloat16, "mean")):
+        case = BagCase((1000, 50, 7), dims, B, lengths, "uniform", pooling, not short_bags, True, False, torch.int64,
+                       torch.int32, output_dtype, 11)
+        packed, bags = case.packed(device), case.bags(device)
+        out = run_bag(backend, packed, bags["indices"], bags["offsets"], **case.kwargs(device))
+        args = (packed, bags["indices"], bags["offsets"], list(case.dims), bags["table_offsets"], case.pooling,
+                bags["per_sample_weights"])
+        assert_close_to_reference(out, ref.int4_embedding_bag(*args, torch.float64),
+                                  ref.int4_embedding_bag(*args, case.output_dtype))
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
 def test_bounds_check_ignore_skips_out_of_range_rows(device, backend):
     require_backend(OP, device, backend)
     g = torch.Generator().manual_seed(3)
