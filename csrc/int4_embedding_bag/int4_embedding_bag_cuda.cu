@@ -14,10 +14,12 @@
 // registers (see int4_bag_kernel). Blocks belong to one table (block_start), so tables of different D and row
 // counts share the launch (TBE batching).
 //
-// Measured (H100, 2026-12-07, fp32 output, ms; RESULTS.md "Sixteenth session"): against the previous 256-thread
-// blocks with 3 rows in flight and 3 blocks an SM, one table L = 32 0.183 -> 0.160, 26 tables L = 1 0.609 ->
-// 0.521, L = 32 3.023 -> 2.614. Of eight variants, more rows in flight (3 or 6) lost everywhere; staging at
-// L = 32 cost 6%, direct stores at L = 1 cost 60%; a warp-level barrier instead of the block's did not help.
+// Measured (H100, 2026-12-07, fp32 output, ms; RESULTS.md "Sixteenth session"): the previous 256-thread blocks
+// with 3 rows in flight and 3 blocks an SM took 0.183 (one table, L = 32), 0.609 (26 tables, L = 1) and 3.023
+// (26 tables, L = 32); this kernel 0.159, 0.545 and 2.658. Of eight variants, more rows in flight (3 or 6) lost
+// everywhere; staging at L = 32 cost 6%, direct stores at L = 1 cost 60%; a warp-level barrier instead of the
+// block's did not help. At one table the lookup reads ~126 DRAM bytes a random 80-byte row (ncu: HBM is read
+// in 64-byte pieces), which bounds it near 50% of copy bandwidth by real bytes.
 // (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
 // rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
 // 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
