@@ -135,9 +135,8 @@ __device__ __forceinline__ int unit_end_col(int c, int D) { return min(c == 0 ? 
 // flattened (bag, column) space, but each thread's own run is 96-128 bytes wide, so direct 16-byte stores put a
 // warp's 32 lanes on 32 different lines a store: at L = 1 (Criteo) the output is 6x the bytes of the rows read and
 // those scattered stores cost 60%. Staged, consecutive lanes store consecutive 16-byte units of each output
-// row. At L = 32 the output is 1/20 of the traffic and the staging's barrier (and its shared memory, which
-// shrinks L1) cost 6% (its
-// shared memory also takes from L1), so long bags store straight from registers.
+// row. At L = 32 (fp32) the output is a sixth of the traffic and the staging's barrier and shared memory (taken
+// from L1) cost 6%, so long bags store straight from registers.
 template <typename index_t, typename offset_t, typename out_t, bool kStaged>
 __global__ void __launch_bounds__(kBagThreads, kBagBlocksPerSM)
     int4_bag_kernel(const uint8_t* __restrict__ packed, int64_t total_bytes, const index_t* __restrict__ indices,
