@@ -29,6 +29,19 @@ def bag_op(backend: str):
     return torch.ops.recsys.int4_embedding_bag_triton if backend == "triton" else torch.ops.recsys.int4_embedding_bag
 
 
+def check_against_reference(backend: str, case: BagCase, device: str) -> torch.Tensor:
+    """The case's lookup on ``backend``, checked against the float64 reference (within the reference's own
+    rounding at the case's output dtype); returns the output."""
+    packed, bags = case.packed(device), case.bags(device)
+    out = run_bag(backend, packed, bags["indices"], bags["offsets"], **case.kwargs(device))
+    args = (packed, bags["indices"], bags["offsets"], list(case.dims), bags["table_offsets"], case.pooling,
+            bags["per_sample_weights"])
+    assert out.device.type == device and out.dtype == case.output_dtype
+    assert_close_to_reference(out, ref.int4_embedding_bag(*args, torch.float64),
+                              ref.int4_embedding_bag(*args, case.output_dtype), "pooled")
+    return out
+
+
 def naive_bag(tables: list[torch.Tensor], dims, indices, offsets, pooling, psw) -> torch.Tensor:
     """The definition with Python loops, from dequantized float64 tables."""
     T = len(tables)
@@ -111,15 +124,7 @@ def test_reference_matches_definition(case):
 @given(case=bag_cases())
 def test_forward_matches_float64(device, backend, case: BagCase):
     require_backend(OP, device, backend)
-    packed, bags = case.packed(device), case.bags(device)
-    kw = case.kwargs(device)
-    out = run_bag(backend, packed, bags["indices"], bags["offsets"], **kw)
-    args = (packed, bags["indices"], bags["offsets"], list(case.dims), bags["table_offsets"], case.pooling,
-            bags["per_sample_weights"])
-    exact = ref.int4_embedding_bag(*args, torch.float64)
-    same = ref.int4_embedding_bag(*args, case.output_dtype)
-    assert out.device.type == device and out.dtype == case.output_dtype
-    assert_close_to_reference(out, exact, same, "pooled")
+    check_against_reference(backend, case, device)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -133,12 +138,7 @@ def test_empty_bags_edges_and_large_shapes(device, backend):
         BagCase((4,), (8,), 0, (), "uniform", "sum", False, True, False, torch.int32, torch.int64, torch.float16, 3),
     ]
     for case in cases:
-        packed, bags = case.packed(device), case.bags(device)
-        out = run_bag(backend, packed, bags["indices"], bags["offsets"], **case.kwargs(device))
-        args = (packed, bags["indices"], bags["offsets"], list(case.dims), bags["table_offsets"], case.pooling,
-                bags["per_sample_weights"])
-        assert_close_to_reference(out, ref.int4_embedding_bag(*args, torch.float64),
-                                  ref.int4_embedding_bag(*args, case.output_dtype))
+        out = check_against_reference(backend, case, device)
         lengths = torch.tensor(case.lengths).reshape(case.T, case.B) if case.B else torch.zeros(case.T, 0)
         col = 0
         for t, d in enumerate(case.dims):  # empty bags pool to exactly zero, "mean" included
@@ -160,12 +160,7 @@ def test_many_blocks_of_short_and_long_bags(device, backend, short_bags):
     for output_dtype, pooling in ((torch.float32, "sum"), (torch.bfloat16, "mean")):
         case = BagCase((1000, 50, 7), dims, B, lengths, "uniform", pooling, not short_bags, True, False, torch.int64,
                        torch.int32, output_dtype, 11)
-        packed, bags = case.packed(device), case.bags(device)
-        out = run_bag(backend, packed, bags["indices"], bags["offsets"], **case.kwargs(device))
-        args = (packed, bags["indices"], bags["offsets"], list(case.dims), bags["table_offsets"], case.pooling,
-                bags["per_sample_weights"])
-        assert_close_to_reference(out, ref.int4_embedding_bag(*args, torch.float64),
-                                  ref.int4_embedding_bag(*args, case.output_dtype))
+        check_against_reference(backend, case, device)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
