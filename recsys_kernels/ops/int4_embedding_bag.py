@@ -28,7 +28,7 @@ out-of-range index contributes zero; kernels clamp offsets into [0, N] (invalid 
 memory-safe results). Not differentiable (inference tables; train with qat_embedding_bag).
 
 Backends (chosen per call by recsys_kernels._backend):
-  cuda      csrc/int4_embedding_bag/int4_embedding_bag_cuda.cu  — 16-byte row loads, many rows in flight a warp
+  cuda      csrc/int4_embedding_bag/int4_embedding_bag_cuda.cu  — a thread a 16-byte unit of a row, 32 warps an SM
   triton    recsys_kernels/triton/int4_embedding_bag.py
   cpu       csrc/int4_embedding_bag/int4_embedding_bag_cpu.cpp  — parallel over bags
   reference recsys_kernels/reference/int4_embedding_bag.py       — plain torch ops; the HPU path
