@@ -10,8 +10,9 @@
 // time. Memory parallelism comes from resident warps rather than rows in flight: blocks of 64 threads under 64
 // registers, 16 blocks (32 warps) an SM. Every column is accumulated sequentially over the bag's rows in float32
 // (the QAT kernel uses the same order and expressions), divided by the bag length for "mean" and converted once.
-// Short bags (Criteo's one-row bags) store their output through shared memory, long ones straight from
-// registers (see int4_bag_kernel). Blocks belong to one table (block_start), so tables of different D and row
+// Short bags (Criteo's one-row bags) store their output through shared memory with streaming stores, from
+// blocks of whole bags, with their rows prefetched into L2; long ones straight from registers (see
+// int4_bag_kernel and pool_direct). Blocks belong to one table (block_start), so tables of different D and row
 // counts share the launch (TBE batching).
 //
 // Measured (H100, 2026-12-07, fp32 output, ms; RESULTS.md "Sixteenth session"): the previous 256-thread blocks
@@ -19,7 +20,10 @@
 // (26 tables, L = 32); this kernel 0.159, 0.545 and 2.658. Of eight variants, more rows in flight (3 or 6) lost
 // everywhere; staging at L = 32 cost 6%, direct stores at L = 1 cost 60%; a warp-level barrier instead of the
 // block's did not help. At one table the lookup reads ~126 DRAM bytes a random 80-byte row (ncu: HBM is read
-// in 64-byte pieces), which bounds it near 50% of copy bandwidth by real bytes.
+// in 64-byte pieces), which bounds it near 50% of copy bandwidth by real bytes. Short-bag path, 2026-12-07
+// (seventeenth session, eleven variants): 0.542 -> 0.520 ms at Criteo's L = 1; ncu puts both this kernel and the
+// Triton one at the same DRAM and L2 traffic there, the Triton one issuing at 11.5 cycles an instruction a warp
+// against 18.
 // (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
 // rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
 // 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
@@ -69,6 +73,7 @@ struct RowSource {
 // acc[j] (column j of this thread's run) += one row's dequantized unit: data = the unit's 16 bytes, sb = the
 // row's fp16 scale and bias. Both walks use it; the QAT kernel repeats the same expressions (pool_add), so an
 // exported table pools bit-identically.
+template <bool kMagic>
 __device__ __forceinline__ void add_unit(float (&acc)[32], const uint4& data, uint32_t sb, int c, float w,
                                          bool weighted) {
   const __half2 qp = *reinterpret_cast<const __half2*>(&sb);
@@ -81,18 +86,35 @@ __device__ __forceinline__ void add_unit(float (&acc)[32], const uint4& data, ui
   for (int wi = 0; wi < 4; ++wi) {
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
-      const float v = fmaf(static_cast<float>((words[wi] >> (4 * n)) & 15u), scale, bias);
+      // kMagic: the code as the float 2^23 + q minus 2^23 (exact, so the same v) instead of an int -> float
+      // conversion, which issues at a quarter of the FP32 rate
+      const uint32_t q = (words[wi] >> (4 * n)) & 15u;
+      const float qf = kMagic ? __uint_as_float(q | 0x4B000000u) - 8388608.f : static_cast<float>(q);
+      const float v = fmaf(qf, scale, bias);
       acc[wi * 8 + n] = pool_add(acc[wi * 8 + n], w, v, weighted);
     }
   }
 }
 
-// Rows [start, stop) of the bag, one at a time straight into registers.
-template <typename index_t>
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Rows [start, stop) of the bag, one at a time straight into registers. kShort (the short-bag path): rows two
+// places ahead are prefetched into L2 (the first two before the loop, so a one-row bag prefetches its row just
+// before loading it), and codes become floats by the 2^23 trick. Both are measured choices (H100, RESULTS.md
+// "Seventeenth session"): together with whole-bag blocks and streaming stores they took Criteo's one-row bags
+// from 0.542 to 0.520 ms, while each of them slowed the long-bag path (prefetching 2.3x at 26 tables, L = 32,
+// where a thread's rows are already many and the prefetches only add requests).
+template <bool kShort, typename index_t>
 __device__ __forceinline__ void pool_direct(const RowSource& src, const index_t* __restrict__ indices,
                                             const float* __restrict__ psw, int64_t start, int64_t stop,
                                             float (&acc)[32], int& bad) {
+  constexpr int kAhead = kShort ? 2 : 0;
   const bool weighted = psw != nullptr;
+#pragma unroll
+  for (int a = 0; a < kAhead; ++a) {
+    const uint8_t* row;
+    if (start + a < stop && src.locate(static_cast<int64_t>(indices[start + a]), row)) prefetch_l2(row + 16 * src.c);
+  }
   for (int64_t p = start; p < stop; ++p) {
     const uint8_t* row;
     if (!src.locate(static_cast<int64_t>(indices[p]), row)) {
@@ -100,8 +122,12 @@ __device__ __forceinline__ void pool_direct(const RowSource& src, const index_t*
       continue;
     }
     const uint4 data = load_nc_16(row + 16 * src.c);
+    if (kAhead > 0 && p + kAhead < stop) {
+      const uint8_t* ahead;
+      if (src.locate(static_cast<int64_t>(indices[p + kAhead]), ahead)) prefetch_l2(ahead + 16 * src.c);
+    }
     const uint32_t sb = src.c == 0 ? data.x : load_nc_4(row);
-    add_unit(acc, data, sb, src.c, weighted ? psw[p] : 1.f, weighted);
+    add_unit<kShort>(acc, data, sb, src.c, weighted ? psw[p] : 1.f, weighted);
   }
 }
 
@@ -147,9 +173,12 @@ __global__ void __launch_bounds__(kBagThreads, kBagBlocksPerSM)
   __shared__ alignas(16) out_t stage[kStaged ? kBagThreads * 32 : V];  // 32 values a thread at most
   const int t = block_table(tp);
   const int D = tp.D[t], rb = tp.row_bytes[t], C = rb / 16;
-  const int64_t first_local = static_cast<int64_t>(blockIdx.x - tp.block_start[t]) * blockDim.x;
+  // Staged blocks hold whole bags: threads past the last bag that fits stay idle (4 of 64 at D = 128), and no
+  // bag's output row is split between two blocks.
+  const int span = kStaged ? (kBagThreads / C) * C : kBagThreads;
+  const int64_t first_local = static_cast<int64_t>(blockIdx.x - tp.block_start[t]) * span;
   const int64_t local = first_local + threadIdx.x;
-  const bool active = local < B * C;
+  const bool active = static_cast<int>(threadIdx.x) < span && local < B * C;
   const int64_t b = local / C, k = t * B + b;
   const int c = static_cast<int>(local - b * C);
   float acc[32];
@@ -162,7 +191,7 @@ __global__ void __launch_bounds__(kBagThreads, kBagBlocksPerSM)
     if (bag_range(offsets, k, static_cast<int64_t>(tp.T) * B, N, start, stop)) bad |= kBadOffsets;
     if (ext.broken && b == 0) bad |= kBadTableOffsets;
     const RowSource src{packed, total_bytes, ext.base, ext.rows, rb, c};
-    pool_direct(src, indices, psw, start, stop, acc, bad);
+    pool_direct<kStaged>(src, indices, psw, start, stop, acc, bad);
     if (mean && stop > start) {
       const float len = static_cast<float>(stop - start);
 #pragma unroll
@@ -195,14 +224,15 @@ __global__ void __launch_bounds__(kBagThreads, kBagBlocksPerSM)
     }
   }
   __syncthreads();
-  const int64_t last_local = min(first_local + static_cast<int64_t>(blockDim.x), B * C) - 1;
+  const int64_t last_local = min(first_local + static_cast<int64_t>(span), B * C) - 1;
   const int64_t last_b = last_local / C;
   const int last_end = unit_end_col(static_cast<int>(last_local - last_b * C), D);
   const int values = static_cast<int>((last_b - first_b) * D + last_end - first_col);
   for (int u = threadIdx.x * V; u < values; u += blockDim.x * V) {
     const int r = first_col + u, bag = r / D, col = r - bag * D;
-    *reinterpret_cast<uint4*>(table_out + (first_b + bag) * out_stride + col) =
-        *reinterpret_cast<const uint4*>(stage + u);
+    // evict-first: the output is written once and is most of the traffic; L2 keeps the rows instead
+    __stcs(reinterpret_cast<uint4*>(table_out + (first_b + bag) * out_stride + col),
+           *reinterpret_cast<const uint4*>(stage + u));
   }
 }
 
@@ -325,13 +355,18 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
   }
   TableParams tp{};
   tp.T = static_cast<int32_t>(s.T);
+  // The average bag is short, so the output dominates: the staged kernel, whose blocks hold whole bags (every row
+  // at most kBagThreads units: D up to 2040).
+  bool stage = idx.numel() < kStageBelowRows * n_bags;
+  for (int64_t t = 0; t < s.T; ++t) stage = stage && s.row_bytes[t] / 16 <= kBagThreads;
   int64_t blocks = 0;
   for (int64_t t = 0; t < s.T; ++t) {
     tp.D[t] = static_cast<int32_t>(s.D[t]);
     tp.col[t] = static_cast<int32_t>(s.D_offsets[t]);
     tp.row_bytes[t] = static_cast<int32_t>(s.row_bytes[t]);
     tp.block_start[t] = static_cast<int32_t>(blocks);
-    blocks += (s.B * (s.row_bytes[t] / 16) + kBagThreads - 1) / kBagThreads;
+    const int64_t C = s.row_bytes[t] / 16, bags_per_block = kBagThreads / C;
+    blocks += stage ? (s.B + bags_per_block - 1) / bags_per_block : (s.B * C + kBagThreads - 1) / kBagThreads;
   }
   TORCH_CHECK(blocks < (int64_t(1) << 31), "int4_embedding_bag: batch too large for one launch (", fmt(blocks), " blocks)");
   tp.block_start[s.T] = static_cast<int32_t>(blocks);
@@ -339,7 +374,6 @@ at::Tensor int4_embedding_bag_cuda(const at::Tensor& packed, const at::Tensor& i
   if (per_sample_weights) psw = per_sample_weights->to(at::kFloat).contiguous();
   at::Tensor err;
   if (s.error) err = at::zeros({1}, packed.options().dtype(at::kInt));
-  const bool stage = idx.numel() < kStageBelowRows * n_bags;  // the average bag is short: the output dominates
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "int4_embedding_bag_cuda", [&] {
     using idx_t = index_t;
     AT_DISPATCH_INDEX_TYPES(off.scalar_type(), "int4_embedding_bag_cuda_offsets", [&] {
