@@ -100,10 +100,9 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 
 // Rows [start, stop) of the bag, one at a time straight into registers. kShort (the short-bag path): rows two
 // places ahead are prefetched into L2 (the first two before the loop, so a one-row bag prefetches its row just
-// before loading it), and codes become floats by the 2^23 trick. Both are measured choices (H100, RESULTS.md
-// "Seventeenth session"): together with whole-bag blocks and streaming stores they took Criteo's one-row bags
-// from 0.542 to 0.520 ms, while each of them slowed the long-bag path (prefetching 2.3x at 26 tables, L = 32,
-// where a thread's rows are already many and the prefetches only add requests).
+// before loading it), and codes become floats by the 2^23 trick. Both are measured choices (see the top of the
+// file): they pay only together with whole-bag blocks and streaming stores, and each of them slowed the long-bag
+// path (prefetching 2.3x at 26 tables, L = 32).
 template <bool kShort, typename index_t>
 __device__ __forceinline__ void pool_direct(const RowSource& src, const index_t* __restrict__ indices,
                                             const float* __restrict__ psw, int64_t start, int64_t stop,
