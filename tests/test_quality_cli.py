@@ -15,6 +15,17 @@ def test_quality_keeps_repeated_sets():
     assert cfg["weight_decay"] == 0.1 and cfg["seed"] == 1
 
 
+def test_quality_set_by_model_reaches_rows_named_otherwise():
+    """`sasrec:seed=1` reaches the Beauty row named sasrec-ssm (it used to apply to nothing there, silently)."""
+    registry.load_all()
+    args = quality.parse_args(["--set", "sasrec:seed=1", "beauty/sasrec-ssm:num_blocks=3", "hstu:seed=5"])
+    cfg = quality._config(args, "sasrec-beauty-fast", "beauty/sasrec-ssm", "sasrec")
+    assert cfg["seed"] == 1 and cfg["num_blocks"] == 3
+    assert registry.CONFIGS["sasrec-beauty-fast"].get("seed", 0) == 0  # the registry itself is left alone
+    other = quality._config(args, "sasrec-beauty", "beauty/sasrec", "sasrec")
+    assert other["seed"] == 1 and other["num_blocks"] == registry.CONFIGS["sasrec-beauty"]["num_blocks"]
+
+
 def test_pmf_cross_validation_keeps_repeated_sets():
     args = ratings_task.parse_args(["--set", "lr=0.01", "--set", "batch_size=64"])
     assert args.set == ["lr=0.01", "batch_size=64"]

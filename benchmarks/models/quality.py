@@ -88,13 +88,15 @@ class Row:
     error: str | None = None
 
 
-def _config(args: argparse.Namespace, name: str, row: str = "", **overrides: Any) -> dict:
-    """Registry config ``name`` with ``overrides``, then the --set entries of ``row``, epochs capped."""
+def _config(args: argparse.Namespace, name: str, row: str = "", model: str = "", **overrides: Any) -> dict:
+    """Registry config ``name`` with ``overrides``, then the --set entries of ``row`` (or of its ``model``),
+    epochs capped."""
     cfg = dict(registry.CONFIGS[name], **overrides)
     for item in args.set:
         target, _, assignment = item.partition(":")
         key, _, value = assignment.partition("=")
-        if target in (row, row.split("/")[-1]):  # "hstu" or "beauty/hstu"
+        # "beauty/sasrec-ssm", "sasrec-ssm" or "sasrec" (every row of that model, whatever the row's name)
+        if target in (row, row.split("/")[-1], model):
             cfg[key] = json.loads(value)
     if args.max_epochs:
         cfg["epochs"] = min(int(cfg["epochs"]), args.max_epochs)
@@ -133,7 +135,7 @@ def run_sequential(args, device, log, runs: dict) -> list[Row]:
             row = Row(data_name, job.name, job.config)
 
             def train(job=job, row=row):
-                cfg = _config(args, job.config, f"{data_name}/{job.name}", eval_batch_size=1024)
+                cfg = _config(args, job.config, f"{data_name}/{job.name}", job.model, eval_batch_size=1024)
                 task = registry.MODELS[job.model](data, cfg)
                 result = fit(task, cfg, device=device, amp=args.amp, budget_s=args.budget_s * job.weight,
                              model_name=job.model, data_name=data_name, progress=False,
@@ -243,7 +245,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pmf-config", default="pmf-ml-100k-fast", help="pmf-ml-100k: batch 256, 4x the steps")
     p.add_argument("--ctr-samples", type=int, default=0, help="synthetic CTR rows (0: the config's)")
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="ROW:KEY=JSON",
-                   help="override a row's config entry: hstu:lr=2e-3 (every hstu row), beauty/sasrec-ssm:num_blocks=4")
+                   help="override a row's config entry: sasrec:lr=2e-3 (every sasrec row, sasrec-ssm included), "
+                        "beauty/sasrec-ssm:num_blocks=4 (one row)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quick", action="store_true",
