@@ -21,9 +21,10 @@
 // everywhere; staging at L = 32 cost 6%, direct stores at L = 1 cost 60%; a warp-level barrier instead of the
 // block's did not help. At one table the lookup reads ~126 DRAM bytes a random 80-byte row (ncu: HBM is read
 // in 64-byte pieces), which bounds it near 50% of copy bandwidth by real bytes. Short-bag path, 2026-12-07
-// (seventeenth session, eleven variants): 0.542 -> 0.520 ms at Criteo's L = 1; ncu puts both this kernel and the
-// Triton one at the same DRAM and L2 traffic there, the Triton one issuing at 11.5 cycles an instruction a warp
-// against 18.
+// (seventeenth session, eleven variants): 0.542 -> 0.520 ms at Criteo's L = 1 (0.5200, 65.1% of copy, in the
+// eighteenth session's benchmark of this code); ncu puts both this kernel and the Triton one at the same DRAM and
+// L2 traffic there, the Triton one issuing at 11.5 cycles an instruction a warp against 18, the difference being
+// short-scoreboard and MIO stalls: this kernel's shared-memory output stage.
 // (Measured and dropped, 2026-12-05: the same walk with the rows copied through shared memory by cp.async, 8-16
 // rows in flight per thread, was faster for one table, 0.166 vs 0.197 ms, but 2.6x slower for 26 tables, 8.6 vs
 // 3.3 ms: its 40 KB of shared memory a block cut the resident blocks per SM.)
