@@ -16,7 +16,8 @@ blocks; another per query block accumulates dQ over the key blocks and, with a b
 partial bias gradients (pos: the tile's 2·BLK-1 diagonal sums; time: a per-program bucket histogram
 weighted by dS, over only the bucket chunks the tile touches; both by one-hot reductions) into buffers that
 torch reduces in a fixed order. The bias-gradient path uses 16 x 16 tiles (its one-hot reductions grow with
-the tile). Tile sizes per kernel: ``_tiles`` (swept on the H100).
+the tile). Tile sizes per kernel: ``_tiles`` (swept on the H100); the forward's 128-register launch for bf16
+d <= 128: ``_four_programs_an_sm``.
 
 float32 dot products use "tf32x3" (about fp32-accurate); float64 (gradcheck) uses IEEE. Under
 TRITON_INTERPRET=1, fp16/bf16 tiles are widened to fp32 after loading (the interpreter's bf16 is raw bits).
@@ -534,11 +535,31 @@ def hstu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq
     ptrs, scalars, flags = _common(q, k, v, seq_offsets, max_seq_len, alpha, causal, num_targets,
                                    contextual_seq_len, max_attn_len, timestamps, pos_bias, time_bias, time_bucket)
     bm, bn, warps, stages = _tiles("fwd", q.dtype, max_seq_len, q.shape[2], v.shape[2])
+    regs = {}
+    if _four_programs_an_sm(q.dtype, max_seq_len, q.shape[2], v.shape[2], pos_bias is None and time_bias is None):
+        (bm, bn, warps, stages), regs = FOUR_PROGRAMS_TILE, {"maxnreg": 128}
     wrap_triton(_fwd_kernel)[(B * H, triton.cdiv(max_seq_len, bm))](
         q, k, v, out, *ptrs,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        *scalars, **flags, BM=bm, BN=bn, num_warps=warps, num_stages=stages)
+        *scalars, **flags, BM=bm, BN=bn, num_warps=warps, num_stages=stages, **regs)
     return out
+
+
+# The forward waits for each S = Q Kᵀ wgmma right after issuing it (Triton 3.6 keeps only the P V product in flight),
+# so a warp runs wgmma -> SiLU -> wgmma serially and the SM hides latency only across its resident programs: 3 at
+# 160 registers and 3 pipeline stages. Capped at 128 registers (~50 bytes of spills) with 2 stages (48 KB of shared
+# memory), 4 fit: -13% at B 64, N 1024, H 4, d 128, bf16, bias off, on the H100 (RESULTS.md, eighteenth session);
+# even at N 256; slower at N 2048 (+5%: longer key loops want the third stage) and at d 64 (+24%). maxnreg is a
+# launch option that torch's Triton wrapper does not pass through when it traces (torch.compile, opcheck), so it is
+# used only for direct launches, which is what triton_op makes of an eager call on real tensors.
+FOUR_PROGRAMS_TILE = (64, 32, 4, 2)
+
+
+def _four_programs_an_sm(dtype: torch.dtype, N: int, Dqk: int, Dv: int, bias_free: bool) -> bool:
+    from torch._library.triton import is_wrap_triton_enabled
+
+    return (bias_free and dtype == torch.bfloat16 and N <= 1024 and 64 < max(Dqk, Dv) <= 128 and not _INTERPRETED
+            and "fwd" not in TILE_OVERRIDE and not is_wrap_triton_enabled())
 
 
 @triton_op("recsys::hstu_attention_triton_backward", mutates_args=())
