@@ -556,8 +556,10 @@ FOUR_PROGRAMS_TILE = (64, 32, 4, 2)
 
 
 def _four_programs_an_sm(dtype: torch.dtype, N: int, Dqk: int, Dv: int, bias_free: bool) -> bool:
-    from torch._library.triton import is_wrap_triton_enabled
-
+    try:
+        from torch._library.triton import is_wrap_triton_enabled
+    except ImportError:  # a torch without the switch: keep every launch traceable
+        return False
     return (bias_free and dtype == torch.bfloat16 and N <= 1024 and 64 < max(Dqk, Dv) <= 128 and not _INTERPRETED
             and "fwd" not in TILE_OVERRIDE and not is_wrap_triton_enabled())
 
