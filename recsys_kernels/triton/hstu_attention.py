@@ -545,8 +545,8 @@ def hstu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq
     return out
 
 
-# The forward waits for each S = Q Kᵀ wgmma right after issuing it (Triton 3.6 keeps only the P V product in flight),
-# so a warp runs wgmma -> SiLU -> wgmma serially and the SM hides latency only across its resident programs: 3 at
+# The forward waits for each S = Q Kᵀ wgmma right after issuing it (Triton 3.8's code for sm_90a keeps only the P V
+# product in flight), so a warp runs wgmma -> SiLU -> wgmma serially and the SM hides latency only across its resident programs: 3 at
 # 160 registers and 3 pipeline stages. Capped at 128 registers (~50 bytes of spills) with 2 stages (48 KB of shared
 # memory), 4 fit: -13% at B 64, N 1024, H 4, d 128, bf16, bias off, on the H100 (RESULTS.md, eighteenth session);
 # even at N 256; slower at N 2048 (+5%: longer key loops want the third stage) and at d 64 (+24%). maxnreg is a
