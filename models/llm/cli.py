@@ -142,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in ("train", "eval", "-h", "--help"):
         argv = argv[1:]  # the main CLI passes its program name first
     args = build_parser().parse_args(argv)
-    return train(args) if args.command == "train" else evaluate(args)
+    from .trainer import shutdown_distributed
+
+    try:
+        return train(args) if args.command == "train" else evaluate(args)
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

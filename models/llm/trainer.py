@@ -57,6 +57,14 @@ def init_distributed(device: str | None = None) -> tuple[DistContext, torch.devi
     return context(), dev
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group before the interpreter exits. Without this, gloo's worker threads are torn down
+    by static destructors while still joinable, and a rank can abort ("terminate called without an active
+    exception") after its work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def context() -> DistContext:
     """This process's rank and world size (0 and 1 without a process group)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
