@@ -546,8 +546,8 @@ def hstu_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq
 
 
 # The forward waits for each S = Q Kᵀ wgmma right after issuing it (Triton 3.8's code for sm_90a keeps only the P V
-# product in flight), so a warp runs wgmma -> SiLU -> wgmma serially and the SM hides latency only across its resident programs: 3 at
-# 160 registers and 3 pipeline stages. Capped at 128 registers (~50 bytes of spills) with 2 stages (48 KB of shared
+# product in flight), so a warp runs wgmma -> SiLU -> wgmma serially and the SM hides latency only across its
+# resident programs: 3 at 160 registers and 3 pipeline stages. Capped at 128 registers (~50 bytes of spills) with 2 stages (48 KB of shared
 # memory), 4 fit: -13% at B 64, N 1024, H 4, d 128, bf16, bias off, on the H100 (RESULTS.md, eighteenth and
 # nineteenth sessions); no gain at N 512 (-1%), none or a loss at N 256 (0 to +4%: a short key loop has
 # little to hide), slower at N 2048 (+5%: longer key loops want the third stage) and at d 64 (+24%). maxnreg is a
@@ -561,8 +561,8 @@ def _four_programs_an_sm(dtype: torch.dtype, N: int, Dqk: int, Dv: int, bias_fre
         from torch._library.triton import is_wrap_triton_enabled
     except ImportError:  # a torch without the switch: keep every launch traceable
         return False
-    return (bias_free and dtype == torch.bfloat16 and 512 < N <= 1024 and 64 < max(Dqk, Dv) <= 128 and not _INTERPRETED
-            and "fwd" not in TILE_OVERRIDE and not is_wrap_triton_enabled())
+    return (bias_free and dtype == torch.bfloat16 and 512 < N <= 1024 and 64 < max(Dqk, Dv) <= 128
+            and not _INTERPRETED and "fwd" not in TILE_OVERRIDE and not is_wrap_triton_enabled())
 
 
 @triton_op("recsys::hstu_attention_triton_backward", mutates_args=())

@@ -440,8 +440,8 @@ def test_triton_uneven_tiles_over_long_sequences(dims, config, monkeypatch):
 
 
 def test_triton_register_capped_forward_only_for_direct_launches(monkeypatch):
-    """The forward's 128-register launch (4 programs an SM) is for bf16, d <= 128, bias-free, 512 < N <= 1024, and only
-    when the kernel is launched directly: torch's Triton wrapper, which traces it under torch.compile and opcheck,
+    """The forward's 128-register launch (4 programs an SM) is for bf16, d <= 128, bias-free, 512 < N <= 1024, and
+    only when the kernel is launched directly: torch's Triton wrapper, which traces it under torch.compile and opcheck,
     would take maxnreg for a kernel argument."""
     require_backend(OP, "cpu", "triton")
     from torch._library.triton import set_wrap_triton_enabled
@@ -453,8 +453,8 @@ def test_triton_register_capped_forward_only_for_direct_launches(monkeypatch):
     with set_wrap_triton_enabled(False):  # what triton_op does for an eager call on real tensors
         assert tri._four_programs_an_sm(bf16, 1024, 128, 128, True)
         assert tri._four_programs_an_sm(bf16, 513, 100, 128, True)
-        for args in [(bf16, 512, 128, 128, True), (bf16, 2048, 128, 128, True), (bf16, 1024, 64, 64, True), (bf16, 1024, 256, 256, True),
-                     (bf16, 1024, 128, 128, False), (torch.float16, 1024, 128, 128, True),
+        for args in [(bf16, 512, 128, 128, True), (bf16, 2048, 128, 128, True), (bf16, 1024, 64, 64, True),
+                     (bf16, 1024, 256, 256, True), (bf16, 1024, 128, 128, False), (torch.float16, 1024, 128, 128, True),
                      (torch.float32, 1024, 128, 128, True)]:
             assert not tri._four_programs_an_sm(*args), args
     assert not tri._four_programs_an_sm(bf16, 1024, 128, 128, True)  # traced launch
