@@ -13,7 +13,8 @@ Amazon Beauty (22,363 users, 12,101 items, mean length 8.9, max length 50):
                        their 4 x 4 x 16 shape 0.0889 / 0.0528; this one 0.0915 / 0.0537 (seed 0) and
                        0.0896 / 0.0535 (seed 1); dropout 0.5 0.0893 / 0.0536, 0.7 0.0861 / 0.0501; SASRec
                        0.0914 / 0.0552 (seed 1: 0.0909 / 0.0545): HSTU ties it on HR@10 and stays behind on NDCG@10
-                       (benchmarks/RESULTS.md).
+                       (benchmarks/RESULTS.md). 4096 negatives or D 128 lift SASRec more than HSTU (D 128, two
+                       seeds: SASRec 0.0927 / 0.0562, HSTU 0.0916 / 0.0544), so both configs stay as they are.
   sasrec-beauty-fast   SASRec (Kang & McAuley 2018) at D 64, 2 blocks, 1 head, dropout 0.5 (the paper's Beauty
                        setting), trained with the same sampled softmax as HSTU (generative-recommenders' SASRec
                        baseline, 2048 shared negatives), so HSTU vs SASRec compares the encoders, not the losses.
