@@ -17,11 +17,13 @@ from recsys_kernels import ops
 DEVICE = "cuda"  # main(device="cpu") runs the same calls through the references (the CPU test of this driver)
 
 
-def hstu(dtype: torch.dtype, lengths: list[int]) -> None:
+def hstu(dtype: torch.dtype, lengths: list[int], bias: bool = True, dqk: int = 50, dv: int = 25) -> None:
+    """Forward and backward with targets, context and a window; 16-bit calls with head dims in 16-byte rows take
+    the Hopper (wgmma) forward on an H100."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
     lengths = torch.tensor(lengths, device=DEVICE)
     offsets = ops.lengths_to_offsets(lengths)
-    L, H, dqk, dv, N = int(lengths.sum()), 2, 50, 25, 64
+    L, H, N = int(lengths.sum()), 2, 64
 
     def rnd(*shape):
         return torch.randn(*shape, device=DEVICE, dtype=dtype, generator=g).requires_grad_()
@@ -32,8 +34,8 @@ def hstu(dtype: torch.dtype, lengths: list[int]) -> None:
     num_targets = torch.minimum(torch.tensor([0, 3, 1, 5, 0, 2], device=DEVICE).repeat(len(lengths) // 6 + 1)[
         :len(lengths)], lengths)
     out = ops.hstu_attention(q, k, v, offsets, max_seq_len=N, alpha=1 / dqk, num_targets=num_targets,
-                             contextual_seq_len=2, max_attn_len=16, timestamps=timestamps, pos_bias=pos_bias,
-                             time_bias=time_bias)
+                             contextual_seq_len=2, max_attn_len=16, timestamps=timestamps if bias else None,
+                             pos_bias=pos_bias if bias else None, time_bias=time_bias if bias else None)
     out.float().square().sum().backward()
 
 
@@ -86,6 +88,10 @@ def main(device: str = "cuda") -> None:
             hstu(dtype, [0, 37, 5, 64, 1, 20])
         # 600 sequences: the CUDA forward's work list no longer fits its 4 KB kernel parameter and is uploaded
         hstu(torch.bfloat16, [(7 * i) % 23 for i in range(600)])
+        for dqk, dv in ((64, 128), (128, 40)):
+            for bias in (False, True):
+                hstu(torch.bfloat16, [0, 37, 5, 64, 1, 20], bias=bias, dqk=dqk, dv=dv)
+        hstu(torch.float16, [(7 * i) % 23 for i in range(600)], bias=False, dqk=64, dv=64)
         jagged()
         int4()
         adagrad()

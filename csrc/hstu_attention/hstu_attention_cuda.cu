@@ -14,7 +14,8 @@
 // P V) and accumulates O. Key tiles outside the block's key span (causal diagonal, local window) are never
 // loaded; tiles entirely inside the mask skip the per-element test. Head dims are padded with zeros in shared
 // memory up to 64, 128 or 256 (the template size), so 25 or 50 need nothing from the caller. fp32 and fp64 run
-// the same kernels with FMA tile products (fp64 exists for gradcheck).
+// the same kernels with FMA tile products (fp64 exists for gradcheck). On an sm_90 GPU (a build with 9.0a code)
+// the fp16/bf16 forward runs hstu_fwd_wgmma.cuh instead: the same algorithm with its tile products on wgmma.
 //
 // Backward, deterministic (no float atomics): a dK/dV kernel per key block walks the query blocks that can see it
 // (S and dP recomputed transposed, dV += Pᵀ dO, dK += dSᵀ Q); a dQ kernel per query block walks its key tiles
@@ -35,6 +36,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -328,6 +330,17 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   T* oh = static_cast<T*>(p.out) + sq.start * p.ldv + wk.h * p.Dv;
   store_tile<T, BM, DP, LD>(oh, sQ, p.ldv, m0, m.n, 0, p.Dv, p.vec);
 }
+
+}  // namespace
+}  // namespace hstu_cuda
+}  // namespace recsys
+
+// The Hopper (wgmma) forward, built from the pieces above.
+#include "hstu_attention/hstu_fwd_wgmma.cuh"
+
+namespace recsys {
+namespace hstu_cuda {
+namespace {
 
 // ---------------------------------------------------------------- backward: dQ and the bias partials
 template <typename T, int DP, bool kBias>
@@ -901,15 +914,38 @@ InlineWork inline_work(const HstuShape& s, const std::vector<Work>& work) {
   return iw;
 }
 
+// Whether the forward runs hstu_fwd_wgmma_kernel: fp16/bf16 with head dims up to 128 in 16-byte rows, on an sm_90
+// device, in a build with sm_90a code (setup.py defines RECSYS_KERNELS_SM90A when TORCH_CUDA_ARCH_LIST has 9.0a).
+// RECSYS_KERNELS_HSTU_WGMMA=0 keeps the mma.sync forward (read every call: the benchmark compares the two).
+template <typename T, int DP>
+bool wgmma_forward(const Params<acc_t<T>>& p, const at::Device& device) {
+#ifdef RECSYS_KERNELS_SM90A
+  if constexpr (kTensorCores<T> && DP <= 128) {
+    const char* env = std::getenv("RECSYS_KERNELS_HSTU_WGMMA");
+    if (!p.vec || (env != nullptr && env[0] == '0')) return false;
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device.index()));
+    return major == 9 && minor == 0;
+  }
+#endif
+  return false;
+}
+
 template <typename T, int DP, bool kBias>
 void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& device) {
   using C = Cfg<T, DP, kBias>;
-  auto layout = [&](int stages) {
-    return FwdSmem<T, DP, kBias>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
-  };
-  const auto [stages, smem] = pick_stages(layout(2), layout(1), smem_optin(device.index()), "forward");
-  p.stages = stages;
-  const auto work = query_work(in.s, C::kFwdBM);
+  const bool hopper = wgmma_forward<T, DP>(p, device);
+  size_t smem = 0;
+  if (hopper) {
+    smem = WgmmaFwdSmem<DP>(p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos).total;
+  } else {
+    auto layout = [&](int stages) {
+      return FwdSmem<T, DP, kBias>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos);
+    };
+    std::tie(p.stages, smem) = pick_stages(layout(2), layout(1), smem_optin(device.index()), "forward");
+  }
+  const auto work = query_work(in.s, hopper ? WgmmaFwd<DP>::BM : C::kFwdBM);
   const InlineWork iw = inline_work(in.s, work);
   Upload up;
   if (iw.count == 0) {
@@ -918,6 +954,9 @@ void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& devi
     up.send(device);
     seqs.attach(up, p);
     p.work = up.on_device<Work>(work_slot);
+  }
+  if constexpr (kTensorCores<T> && DP <= 128) {
+    if (hopper) return launch(hstu_fwd_wgmma_kernel<T, DP, kBias>, work.size(), WgmmaFwd<DP>::kThreads, smem, p, iw);
   }
   launch(hstu_fwd_kernel<T, DP, kBias>, work.size(), C::kThreads, smem, p, iw);
 }

@@ -384,6 +384,11 @@ LONG_CONFIGS = {
                                         pos_bias=True, time_bias=True, time_bucket="log"),
     "bidirectional-window-sqrt-bias": dict(causal=False, targets=True, contextual_seq_len=0, max_attn_len=70,
                                            pos_bias=True, time_bias=True, time_bucket="sqrt"),
+    # Bias-free masks: on an H100 the CUDA forward of 16-bit values in 16-byte rows is the wgmma kernel.
+    "targets-context-window": dict(causal=True, targets=True, contextual_seq_len=5, max_attn_len=37, pos_bias=False,
+                                   time_bias=False, time_bucket="log"),
+    "bidirectional-targets": dict(causal=False, targets=True, contextual_seq_len=0, max_attn_len=0, pos_bias=False,
+                                  time_bias=False, time_bucket="log"),
     # Causal with targets and no context or window: the kernels' unmasked tiles stop at the first target.
     "targets-bias": dict(causal=True, targets=True, contextual_seq_len=0, max_attn_len=0, pos_bias=True,
                          time_bias=True, time_bucket="log"),
@@ -550,3 +555,25 @@ def test_cuda_forward_backward_bit_identical(dtype):
         grads = torch.autograd.grad(out, [xs[n] for n in GRADS], torch.ones_like(out))
         results.append((out, *grads))
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("switch", [None, "0"], ids=["wgmma", "mma"])
+@pytest.mark.parametrize("config", ["targets-context-window", "targets-context-window-bias"])
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64), (64, 120)], ids=lambda d: f"{d[0]}x{d[1]}")
+def test_hopper_forwards_run_and_match_float64(dims, config, switch, monkeypatch):
+    """On an sm_90 GPU the 16-bit CUDA forward with head dims in 16-byte rows is the wgmma kernel (seen in the
+    profiler), RECSYS_KERNELS_HSTU_WGMMA=0 brings back the mma.sync one, and both match float64."""
+    require_backend(OP, "cuda", "cuda")
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma forward runs on sm_90 only")
+    if switch is not None:
+        monkeypatch.setenv("RECSYS_KERNELS_HSTU_WGMMA", switch)
+    inp = long_case(torch.bfloat16, *dims, config).inputs("cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = run(inp, "cuda")
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events() if "hstu_fwd" in e.name}
+    assert len(names) == 1 and ("wgmma" in names.pop()) == (switch != "0"), names
+    exact, same = ref.hstu_attention(*positional(upcast(inp))), ref.hstu_attention(*positional(inp))
+    assert_close_to_reference(out, exact, same, "forward")

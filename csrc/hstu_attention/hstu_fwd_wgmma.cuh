@@ -1,0 +1,207 @@
+// The Hopper forward of the CUDA HSTU attention (sm_90a, fp16/bf16, head dims padded to 64 or 128, 16-byte rows):
+// the same algorithm, bias and work list as hstu_fwd_kernel, with its tile products on wgmma instead of mma.sync.
+// Included by hstu_attention_cuda.cu, whose Params / InlineWork / for_each_score it uses.
+//
+// A block is two warpgroups of 64 query rows each (128 rows, as the mma.sync forward's block). Q, and K and V in
+// cp.async stages of 64 keys, sit in shared memory in the 128-byte-swizzled layout (common/wgmma.cuh), so
+// S = Q Kᵀ reads both operands straight from shared memory (no ldmatrix, no registers for Q) and O += P V takes
+// P from registers: the wgmma accumulator layout of each warp's 16 rows is the mma.sync m16n8 C layout, so
+// for_each_score (mask, relative bias from the tables and timestamps staged as in hstu_fwd_kernel, SiLU) and the P
+// packing are the mma.sync forward's, with 16 query rows a warp.
+//
+// Per key tile a warpgroup issues S, waits, applies the pointwise part, issues P V and waits; two cp.async stages.
+// O (DP / 2 registers) + S (32) + P (16) fit the 128 registers that keep two blocks (four warpgroups) on an SM,
+// and the SM overlaps one warpgroup's SiLU with another's tensor-core work. (FlashAttention-3's intra-warpgroup
+// overlap, S of tile j issued with P V of tile j - 1, needs a third stage and more registers, hence one block an
+// SM: 26% slower on the H100 at B 64, N 1024, H 4, d 128, benchmarks/RESULTS.md.)
+#pragma once
+#include "common/wgmma.cuh"
+
+namespace recsys {
+namespace hstu_cuda {
+namespace {
+
+template <int DP>
+struct WgmmaFwd {
+  static constexpr int kWarpgroups = 2, kThreads = 128 * kWarpgroups, BM = 64 * kWarpgroups, BN = 64;
+  static constexpr int kStages = 2, kBlocksPerSm = 2;
+  static constexpr int kQBytes = BM * DP * 2, kKvBytes = BN * DP * 2;  // K and V stage sizes alike
+  static constexpr int kOutLd = DP + 8;                                 // the output staging tile's row stride
+  static_assert(BM * kOutLd * 2 <= 2 * kStages * kKvBytes, "the output is staged in the K / V stages");
+};
+
+// Shared memory of the wgmma forward, evaluated identically on the host (size) and in the kernel (offsets): 1024
+// bytes of slack first (the swizzle atoms need 1024-byte alignment, which dynamic shared memory does not promise),
+// then Q, the K and V stages, and with the bias the timestamps, the time tables and the position-bias windows
+// (as FwdSmem).
+template <int DP>
+struct WgmmaFwdSmem {
+  size_t q, k, v, qts, kts, tb, bins, pos, total;
+  __host__ __device__ WgmmaFwdSmem(bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
+    using C = WgmmaFwd<DP>;
+    Carve c;
+    q = c.take(C::kQBytes);
+    k = c.take(C::kStages * C::kKvBytes);
+    v = c.take(C::kStages * C::kKvBytes);
+    qts = c.take(time ? C::BM * 8 : 0);
+    kts = c.take(time ? C::kStages * C::BN * 8 : 0);
+    tb = c.take(tb_smem ? nbins * sizeof(float) : 0);
+    bins = c.take(log_bins ? kLogBins * sizeof(LogBin<float>) : 0);
+    pos = c.take(pos_bias ? C::kStages * (C::BM + C::BN) * sizeof(float) : 0);
+    total = 1024 + c.top;
+  }
+};
+
+// Rows [r0, r0 + R) of one head into a swizzled tile at s (16-byte cp.async chunks; rows past n and columns past D
+// are zeros).
+template <typename T, int R, int DP>
+__device__ __forceinline__ void load_tile_swizzled(unsigned char* s, const T* x, int64_t ldg, int r0, int n, int D) {
+  constexpr int CPR = DP / 8;
+  for (int idx = threadIdx.x; idx < R * CPR; idx += blockDim.x) {
+    const int r = idx / CPR, col = (idx % CPR) * 8;
+    const bool ok = r0 + r < n && col < D;
+    cp_async<16>(s + wgmma::swizzled_offset(r, col, R), ok ? x + (r0 + r) * ldg + col : x, ok);
+  }
+}
+
+// Issues S (this warpgroup's 64 rows x 64 keys) = Q Kᵀ over DP / 16 k-steps. q_addr / k_addr: shared addresses of
+// the warpgroup's first Q row and of the K stage (rows of R_Q / 64 rows a 64-column block). A k-step starts 32
+// bytes further into the 128-byte row.
+template <typename T, int DP, int RQ>
+__device__ __forceinline__ void issue_s(float (&s)[1][8][4], uint32_t q_addr, uint32_t k_addr) {
+#pragma unroll
+  for (int ks = 0; ks < DP / 16; ++ks) {
+    const uint64_t dq = wgmma::desc(q_addr + (ks >> 2) * RQ * 128 + (ks & 3) * 32, 16, 1024);
+    const uint64_t dk = wgmma::desc(k_addr + (ks >> 2) * 64 * 128 + (ks & 3) * 32, 16, 1024);
+    if (ks == 0) wgmma::mma_m64n64_ss<T, 0>(&s[0][0][0], dq, dk);
+    else wgmma::mma_m64n64_ss<T, 1>(&s[0][0][0], dq, dk);
+  }
+}
+
+// Issues O += P V over the tile's 64 keys (four k-steps of 16 keys, 2 KB apart); V's 64-column blocks along the
+// output lie 8 KB apart (MN-major operand: lbo = 8 KB, sbo = 8 rows of 128 bytes).
+template <typename T, int DP>
+__device__ __forceinline__ void issue_pv(float (&o)[1][DP / 8][4], const uint32_t (&a)[4][4], uint32_t v_addr) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) wgmma::mma_rs<T, DP>(&o[0][0][0], a[kk], wgmma::desc(v_addr + kk * 2048, 8192, 1024));
+}
+
+// Where a warp's bias inputs sit in shared memory (all null without the bias): the time tables, the position-bias
+// window of the stage from the warp's first row (for_each_score's pdiag), the rows' and the stage's keys'
+// timestamps.
+struct BiasView {
+  const float* tb;
+  const LogBin<float>* bins;
+  const float* pdiag;
+  const int64_t *rts, *cts;
+};
+
+// P = SiLU(alpha S + R) / N ⊙ M of one warp's 16 x 64 slice (row0, n0: positions of its first row and key),
+// rounded to T in the A-fragment layout of four k-steps.
+template <typename T, bool kBias>
+__device__ __forceinline__ void silu_to_p(float (&s)[1][8][4], uint32_t (&a)[4][4], const Pointwise<float>& pw,
+                                          const BiasView& bv, const Mask& m, bool full, int row0, int n0, int lane) {
+  for_each_score<true, kBias>(s, pw, bv.tb, bv.bins, bv.pdiag, m, full, row0, n0, bv.rts, bv.cts, lane,
+                              [&](float& x, bool, float y, int, int, int, int) {
+                                x = silu_over_n<T>(y, pw.inv_n);  // y = 0 when masked
+                              });
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    a[kk][0] = pack2<T>(s[0][2 * kk][0], s[0][2 * kk][1]);
+    a[kk][1] = pack2<T>(s[0][2 * kk][2], s[0][2 * kk][3]);
+    a[kk][2] = pack2<T>(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+    a[kk][3] = pack2<T>(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+  }
+}
+
+template <typename T, int DP, bool kBias>
+__global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksPerSm)
+    hstu_fwd_wgmma_kernel(const Params<float> params, const __grid_constant__ InlineWork iw) {
+#if RECSYS_WGMMA_ENABLED
+  using C = WgmmaFwd<DP>;
+  constexpr int BM = C::BM, BN = C::BN, OT = DP / 8, LDO = C::kOutLd;
+  const Params<float> p = specialise<kBias>(params);
+  const Pointwise<float>& pw = p.pw;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const WgmmaFwdSmem<DP> L(pw.has_time, p.tb_in_smem, log_bins(p), pw.nb + 1, pw.has_pos);
+  unsigned char* sQ = smem + L.q;
+  unsigned char* sK = smem + L.k;
+  unsigned char* sV = smem + L.v;
+  int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
+  float* sPos = reinterpret_cast<float*>(smem + L.pos);
+  LogBin<float>* bins = reinterpret_cast<LogBin<float>*>(smem + L.bins);
+  const int lane = threadIdx.x & 31, wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
+  const int r_off = 64 * wg + 16 * warp;  // this warp's first row in the block
+
+  Work wk;
+  const Seq sq = program_sequence(p, iw, wk);
+  const Mask& m = sq.m;
+  const int m0 = wk.blk * BM, w0 = m0 + 64 * wg;  // the block's and this warpgroup's first query row
+  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const Span span = key_span(m, m0, min(m0 + BM, m.n));
+  const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
+
+  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  load_tile_swizzled<T, BM, DP>(sQ, qh, p.ldq, m0, m.n, p.Dqk);
+  if (pw.has_time) load_ts<BM>(sQts, ts, m0, m.n, true);
+  auto load_kv = [&](int kb, int st) {
+    load_tile_swizzled<T, BN, DP>(sK + st * C::kKvBytes, kh, p.ldq, kb * BN, m.n, p.Dqk);
+    load_tile_swizzled<T, BN, DP>(sV + st * C::kKvBytes, vh, p.ldv, kb * BN, m.n, p.Dv);
+    if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
+    cp_async_commit();
+  };
+  load_kv(kb0, 0);
+  // After the first copies are issued, so that the tables' global reads overlap them.
+  const float* tb = time_table(p, reinterpret_cast<float*>(smem + L.tb), bins);
+  auto bias_view = [&](int st) {
+    return BiasView{tb, bins, sPos + st * (BM + BN) + BM - 1 - r_off, sQts + r_off, sKts + st * BN};
+  };
+
+  const uint32_t q_addr = smem_addr(sQ) + 64 * wg * 128, k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+  float o[1][OT][4];
+  zero(o);
+  // This warpgroup's own keys (a causal diagonal block's first warpgroup skips the last key tile).
+  const Span wspan = w0 < m.n ? key_span(m, w0, min(w0 + 64, m.n)) : Span{0, 0};
+  for (int kb = kb0; kb < kb1; ++kb) {
+    // One barrier a tile: after it, tile kb is in shared memory for everyone and every warpgroup is done with tile
+    // kb - 1, whose stage then takes tile kb + 1 while this one is computed.
+    const int st = (kb - kb0) & 1, n0 = kb * BN;
+    cp_async_wait<0>();
+    wgmma::fence_proxy_async();
+    __syncthreads();
+    if (kb + 1 < kb1) load_kv(kb + 1, st ^ 1);
+    if (n0 < wspan.hi && n0 + BN > wspan.lo) {  // warpgroup-uniform
+      float s[1][8][4];
+      uint32_t a[4][4];
+      wgmma::fence();
+      issue_s<T, DP, BM>(s, q_addr, k_addr + st * C::kKvBytes);
+      wgmma::commit();
+      wgmma::wait<0>();
+      wgmma::fence_operands<32>(&s[0][0][0]);
+      silu_to_p<T, kBias>(s, a, pw, bias_view(st), m, tile_full(m, w0, w0 + 64, n0, n0 + BN), w0 + 16 * warp, n0,
+                          lane);
+      wgmma::fence();
+      issue_pv<T, DP>(o, a, v_addr + st * C::kKvBytes);
+      wgmma::commit();
+      wgmma::wait<0>();  // V's stage is overwritten after the next barrier
+      wgmma::fence_operands<OT * 4>(&o[0][0][0]);
+    }
+  }
+  cp_async_wait<0>();  // (no key tile: the first loads may still be landing)
+  __syncthreads();     // every warpgroup is done with the stages, which now stage the output
+  T* sOut = reinterpret_cast<T*>(sK);
+  acc_to_smem<T, 1, OT>(sOut + r_off * LDO, LDO, o, 1.f, lane);
+  __syncthreads();
+  T* oh = static_cast<T*>(p.out) + sq.start * p.ldv + wk.h * p.Dv;
+  store_tile<T, BM, DP, LDO>(oh, sOut, p.ldv, m0, m.n, 0, p.Dv, true);
+#endif
+}
+
+}  // namespace
+}  // namespace hstu_cuda
+}  // namespace recsys
