@@ -39,7 +39,7 @@ def _extension():
                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    if "9.0a" in os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";"):
+    if any(a.startswith("9.0a") for a in os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";")):
         nvcc_flags.append("-DRECSYS_KERNELS_SM90A")  # the host may pick the wgmma kernels (sm_90a code exists)
     return CUDAExtension("recsys_kernels._C", cpp + cu, include_dirs=include_dirs,
                          define_macros=[("RECSYS_KERNELS_WITH_CUDA", "1")],
