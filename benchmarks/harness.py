@@ -32,7 +32,8 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -72,6 +73,8 @@ class Provider:
     ``unavailable(device)`` returns why the provider cannot run here, or None. ``oracle`` replaces the op's
     reference for the correctness check when the provider computes a different but equivalent layout.
     ``compiles`` marks torch.compile providers: a failure on first call is reported as "n/a", not "error".
+    ``env``: environment variables set while the provider is checked and timed, backward included (a kernel
+    switch that the C++ launchers read on every call).
     """
 
     name: str
@@ -79,6 +82,22 @@ class Provider:
     unavailable: Callable[[torch.device], str | None] = lambda device: None
     oracle: Callable[..., Any] | None = None
     compiles: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """Sets env's variables for the with-block, then restores what was there."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass
@@ -272,6 +291,33 @@ class _Runner:
                     rows += self.run_case(Case(dict(shape), dtype, mode), providers, fns)
         return rows
 
+    def check_and_time(self, row: Row, p: Provider, truths: tuple[list[torch.Tensor], list[torch.Tensor]],
+                       sets: list[Tensors], grads: list[Tensors], fns: dict[str, Callable[..., Any]]) -> None:
+        """Fills row: the provider's result checked against the oracle's, then its time (or why not)."""
+        case = row.case
+        truth, ref = truths
+        try:
+            if p.name not in fns:
+                fns[p.name] = p.factory(case, self.device)
+            got = _mode_outputs(fns[p.name], sets[0], self.bench.differentiable, grads[0], case.mode)
+        except Exception as e:  # noqa: BLE001 - reported in the row; one provider must not end the run
+            row.status = "n/a" if p.compiles else "error"
+            row.note = f"{'torch.compile failed: ' if p.compiles else ''}{type(e).__name__}: {_first_line(e)}"
+            return
+        wrong = _check(got, ref, truth, case.dtype)
+        del got
+        if wrong is not None:
+            row.status, row.note = "wrong", f"WRONG RESULT, not timed: {wrong}"
+            return
+        try:
+            row.ms = self.time(fns[p.name], case, sets, grads)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory at this shape; reported in the row
+            row.status, row.note = "error", f"{type(e).__name__}: {_first_line(e)}"
+            return
+        self.roofline(row)
+        # Progress on stderr as each row finishes, so a run cut off by a time limit still says something.
+        print(f"# {case.label} {p.name}: {row.ms:.4f} ms", file=sys.stderr, flush=True)
+
     def run_case(self, case: Case, providers: list[Provider], fns: dict[str, Callable[..., Any]]) -> list[Row]:
         sets, grads = self.inputs(case)
         truths: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -284,30 +330,14 @@ class _Runner:
                 row.status, row.note = "n/a", reason
                 continue
             oracle = p.oracle or self.bench.reference
-            try:
-                if id(oracle) not in truths:
+            if id(oracle) not in truths:
+                try:
                     truths[id(oracle)] = self.truth(oracle, case, sets, grads)
-                truth, ref = truths[id(oracle)]
-                if p.name not in fns:
-                    fns[p.name] = p.factory(case, self.device)
-                got = _mode_outputs(fns[p.name], sets[0], self.bench.differentiable, grads[0], case.mode)
-            except Exception as e:  # noqa: BLE001 - reported in the row; one provider must not end the run
-                row.status = "n/a" if p.compiles else "error"
-                row.note = f"{'torch.compile failed: ' if p.compiles else ''}{type(e).__name__}: {_first_line(e)}"
-                continue
-            wrong = _check(got, ref, truth, case.dtype)
-            del got
-            if wrong is not None:
-                row.status, row.note = "wrong", f"WRONG RESULT, not timed: {wrong}"
-                continue
-            try:
-                row.ms = self.time(fns[p.name], case, sets, grads)
-            except Exception as e:  # noqa: BLE001 - e.g. out of memory at this shape; reported in the row
-                row.status, row.note = "error", f"{type(e).__name__}: {_first_line(e)}"
-                continue
-            self.roofline(row)
-            # Progress on stderr as each row finishes, so a run cut off by a time limit still says something.
-            print(f"# {case.label} {p.name}: {row.ms:.4f} ms", file=sys.stderr, flush=True)
+                except Exception as e:  # noqa: BLE001 - reported in the row; one provider must not end the run
+                    row.status, row.note = "error", f"{type(e).__name__}: {_first_line(e)}"
+                    continue
+            with _environment(p.env):
+                self.check_and_time(row, p, truths[id(oracle)], sets, grads, fns)
         base = next((r.ms for r in rows if r.provider == "reference" and r.ms), None)
         for r in rows:
             if base and r.ms:

@@ -19,7 +19,7 @@ DEVICE = "cuda"  # main(device="cpu") runs the same calls through the references
 
 def hstu(dtype: torch.dtype, lengths: list[int], bias: bool = True, dqk: int = 50, dv: int = 25) -> None:
     """Forward and backward with targets, context and a window; 16-bit calls with head dims in 16-byte rows take
-    the Hopper (wgmma) forward on an H100."""
+    the Hopper (wgmma) kernels on an H100."""
     g = torch.Generator(device=DEVICE).manual_seed(0)
     lengths = torch.tensor(lengths, device=DEVICE)
     offsets = ops.lengths_to_offsets(lengths)

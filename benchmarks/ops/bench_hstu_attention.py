@@ -6,8 +6,8 @@
 Shapes (issue 3): (B, N, H, d) in {(64, 1024, 4, 128), (32, 2048, 4, 128), (16, 4096, 4, 128), (256, 256, 4, 128),
 (64, 1024, 4, 64), (128, 256, 2, 64)}, each with the relative bias off and on. Sequence lengths uniform in
 [0.9 N, N] (fixed seed per shape, so the FLOP count matches the inputs), alpha = 1 / d, causal.
-Providers: reference (eager), reference-compiled, triton, cuda, cuda-mma (the CUDA backend with its mma.sync forward
-instead of the sm_90a wgmma one that an H100 runs), cpu. The backward modes differentiate q, k, v
+Providers: reference (eager), reference-compiled, triton, cuda, cuda-mma (the CUDA backend with its mma.sync forward,
+dK/dV and dQ kernels instead of the sm_90a wgmma ones an H100 runs), cpu. The backward modes differentiate q, k, v
 (the bias tables, when on, are inputs without gradients; their gradient costs a small reduction).
 
 FLOPs as generative-recommenders counts them (a causal mask halves the work):
@@ -17,7 +17,6 @@ Rows report TFLOP/s and the fraction of the bf16 matmul rate measured in the sam
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -99,26 +98,13 @@ def providers() -> list[harness.Provider]:
 
         return harness.Provider("reference-compiled", factory, compiles=True)
 
-    def cuda_forward(name: str, switch: str) -> harness.Provider:
-        """The CUDA backend with RECSYS_KERNELS_HSTU_WGMMA=switch (0: the mma.sync forward on an H100 too)."""
+    def cuda_mma() -> harness.Provider:
+        """The CUDA backend with RECSYS_KERNELS_HSTU_WGMMA=0: the mma.sync kernels on an H100 too."""
         p = backend("cuda")
-        cuda_factory = p.factory
-
-        def factory(case: harness.Case, device: torch.device):
-            run_cuda = cuda_factory(case, device)
-
-            def run(*inputs):
-                os.environ[WGMMA_SWITCH] = switch  # read by the C++ launcher on every call
-                try:
-                    return run_cuda(*inputs)
-                finally:
-                    del os.environ[WGMMA_SWITCH]
-            return run
-
-        return harness.Provider(name, factory, p.unavailable)
+        return harness.Provider("cuda-mma", p.factory, p.unavailable, env={WGMMA_SWITCH: "0"})
 
     return [backend("reference"), compiled_reference(), backend("triton"), backend("cuda"),
-            cuda_forward("cuda-mma", "0"), backend("cpu")]
+            cuda_mma(), backend("cpu")]
 
 
 SHAPES = [dict(B=B, N=N, H=H, d=d, bias=bias) for (B, N, H, d) in

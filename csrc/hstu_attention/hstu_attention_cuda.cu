@@ -23,7 +23,8 @@
 // diagonal sums of dS (one thread per diagonal, fixed order, carried across neighbouring tiles) go to a
 // per-program slice of a scratch buffer indexed by j - i, and the time buckets to a per-program histogram kept
 // in integers (exact_histogram.cuh: shared-memory atomics, exact sums). Two small kernels then sum the slices
-// in a fixed order. Every result is bit-identical run to run.
+// in a fixed order. Every result is bit-identical run to run. On an sm_90 GPU the fp16/bf16 dK/dV kernel, and
+// the dQ kernel without the bias, run on wgmma (hstu_dkdv_wgmma.cuh, hstu_dq_wgmma.cuh), with the same work lists.
 //
 // Work lists: the host (which reads seq_offsets anyway for the input checks) lists the non-empty programs, so
 // max_seq_len far above the real lengths costs nothing, programs of one (sequence, head) run side by side
@@ -335,7 +336,9 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
 }  // namespace hstu_cuda
 }  // namespace recsys
 
-// The Hopper (wgmma) forward, built from the pieces above.
+// The Hopper (wgmma) forward, dK / dV and dQ kernels, built from the pieces above.
+#include "hstu_attention/hstu_dkdv_wgmma.cuh"
+#include "hstu_attention/hstu_dq_wgmma.cuh"
 #include "hstu_attention/hstu_fwd_wgmma.cuh"
 
 namespace recsys {
@@ -914,11 +917,12 @@ InlineWork inline_work(const HstuShape& s, const std::vector<Work>& work) {
   return iw;
 }
 
-// Whether the forward runs hstu_fwd_wgmma_kernel: fp16/bf16 with head dims up to 128 in 16-byte rows, on an sm_90
-// device, in a build with sm_90a code (setup.py defines RECSYS_KERNELS_SM90A when TORCH_CUDA_ARCH_LIST has 9.0a).
-// RECSYS_KERNELS_HSTU_WGMMA=0 keeps the mma.sync forward (read every call: the benchmark compares the two).
+// Whether the forward, dK / dV and the bias-free dQ run the wgmma kernels (hstu_{fwd,dkdv,dq}_wgmma_kernel):
+// fp16/bf16 with head dims up to 128 in 16-byte rows, on an sm_90 device, in a build with sm_90a code (setup.py
+// defines RECSYS_KERNELS_SM90A when TORCH_CUDA_ARCH_LIST has 9.0a). RECSYS_KERNELS_HSTU_WGMMA=0 keeps the
+// mma.sync kernels (read every call: the benchmark compares the two).
 template <typename T, int DP>
-bool wgmma_forward(const Params<acc_t<T>>& p, const at::Device& device) {
+bool use_wgmma(const Params<acc_t<T>>& p, const at::Device& device) {
 #ifdef RECSYS_KERNELS_SM90A
   if constexpr (kTensorCores<T> && DP <= 128) {
     const char* env = std::getenv("RECSYS_KERNELS_HSTU_WGMMA");
@@ -935,7 +939,7 @@ bool wgmma_forward(const Params<acc_t<T>>& p, const at::Device& device) {
 template <typename T, int DP, bool kBias>
 void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& device) {
   using C = Cfg<T, DP, kBias>;
-  const bool hopper = wgmma_forward<T, DP>(p, device);
+  const bool hopper = use_wgmma<T, DP>(p, device);
   size_t smem = 0;
   if (hopper) {
     smem = WgmmaFwdSmem<DP>(p.pw.has_time, p.tb_in_smem, log_bins(p), p.pw.nb + 1, p.pw.has_pos).total;
@@ -1016,17 +1020,24 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
   seqs.attach(up, p);
 
   // dK, dV
-  {
+  [&] {
+    auto pk = p;
+    pk.work = up.on_device<Work>(kv_work_slot);
+    if constexpr (kTensorCores<T> && DP <= 128) {
+      if (use_wgmma<T, DP>(p, dev)) {
+        const size_t smem = WgmmaKvSmem<DP>(p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos).total;
+        const auto kernel = bias ? hstu_dkdv_wgmma_kernel<T, DP, true> : hstu_dkdv_wgmma_kernel<T, DP, false>;
+        return launch(kernel, kv_work.size(), WgmmaKv<DP>::kThreads, smem, pk);
+      }
+    }
     auto layout = [&](int stages) {
       return KvSmem<T, DP>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos);
     };
     const auto [stages, smem] = pick_stages(layout(2), layout(1), limit, "dK/dV");
-    auto pk = p;
     pk.stages = stages;
-    pk.work = up.on_device<Work>(kv_work_slot);
     const auto kernel = bias ? hstu_dkdv_kernel<T, DP, true> : hstu_dkdv_kernel<T, DP, false>;
     launch(kernel, kv_work.size(), C::kThreads, smem, pk);
-  }
+  }();
 
   // dQ and the bias partials
   p.work = up.on_device<Work>(work_slot);
@@ -1059,6 +1070,13 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
   }
   auto launch_dq = [&](auto bias_build) {
     constexpr bool kBias = decltype(bias_build)::value;
+    if constexpr (!kBias && kTensorCores<T> && DP <= 128) {
+      // (Written to hold for every T: the compiler checks it outside this branch too.)
+      static_assert(!kTensorCores<T> || WgmmaDq<DP>::BM == BM, "the wgmma dQ kernel takes the mma.sync work list");
+      if (use_wgmma<T, DP>(p, dev)) {
+        return launch(hstu_dq_wgmma_kernel<T, DP>, work.size(), WgmmaDq<DP>::kThreads, WgmmaDqSmem<DP>().total, p);
+      }
+    }
     const auto kernel = hstu_dq_kernel<T, DP, kBias>;
     auto layout = [&](int stages, int copies) {
       return DqSmem<T, DP, kBias>(stages, p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos, copies,

@@ -96,6 +96,18 @@ struct BiasView {
   const int64_t *rts, *cts;
 };
 
+// Accumulator tile (one warp's 16 x 64 slice, C layout) -> the A fragments of four k-steps, rounded to T.
+template <typename T>
+__device__ __forceinline__ void pack_a(const float (&x)[1][8][4], uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    a[kk][0] = pack2<T>(x[0][2 * kk][0], x[0][2 * kk][1]);
+    a[kk][1] = pack2<T>(x[0][2 * kk][2], x[0][2 * kk][3]);
+    a[kk][2] = pack2<T>(x[0][2 * kk + 1][0], x[0][2 * kk + 1][1]);
+    a[kk][3] = pack2<T>(x[0][2 * kk + 1][2], x[0][2 * kk + 1][3]);
+  }
+}
+
 // P = SiLU(alpha S + R) / N ⊙ M of one warp's 16 x 64 slice (row0, n0: positions of its first row and key),
 // rounded to T in the A-fragment layout of four k-steps.
 template <typename T, bool kBias>
@@ -105,13 +117,7 @@ __device__ __forceinline__ void silu_to_p(float (&s)[1][8][4], uint32_t (&a)[4][
                               [&](float& x, bool, float y, int, int, int, int) {
                                 x = silu_over_n<T>(y, pw.inv_n);  // y = 0 when masked
                               });
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    a[kk][0] = pack2<T>(s[0][2 * kk][0], s[0][2 * kk][1]);
-    a[kk][1] = pack2<T>(s[0][2 * kk][2], s[0][2 * kk][3]);
-    a[kk][2] = pack2<T>(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
-    a[kk][3] = pack2<T>(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
-  }
+  pack_a<T>(s, a);
 }
 
 template <typename T, int DP, bool kBias>

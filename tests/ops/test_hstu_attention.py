@@ -561,19 +561,20 @@ def test_cuda_forward_backward_bit_identical(dtype):
 @pytest.mark.parametrize("switch", [None, "0"], ids=["wgmma", "mma"])
 @pytest.mark.parametrize("config", ["targets-context-window", "targets-context-window-bias"])
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64), (64, 120)], ids=lambda d: f"{d[0]}x{d[1]}")
-def test_hopper_forwards_run_and_match_float64(dims, config, switch, monkeypatch):
-    """On an sm_90 GPU the 16-bit CUDA forward with head dims in 16-byte rows is the wgmma kernel (seen in the
-    profiler), RECSYS_KERNELS_HSTU_WGMMA=0 brings back the mma.sync one, and both match float64."""
+def test_hopper_kernels_run_and_match_float64(dims, config, switch, monkeypatch):
+    """On an sm_90 GPU the 16-bit CUDA op with head dims in 16-byte rows runs the wgmma forward and dK / dV kernels,
+    and the wgmma dQ kernel without the bias (seen in the profiler); RECSYS_KERNELS_HSTU_WGMMA=0 brings back the
+    mma.sync ones. The output and every gradient match float64 either way."""
     require_backend(OP, "cuda", "cuda")
     if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the wgmma forward runs on sm_90 only")
+        pytest.skip("the wgmma kernels run on sm_90 only")
     if switch is not None:
         monkeypatch.setenv("RECSYS_KERNELS_HSTU_WGMMA", switch)
-    inp = long_case(torch.bfloat16, *dims, config).inputs("cuda")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        out = run(inp, "cuda")
+        check_long_case(long_case(torch.bfloat16, *dims, config), "cuda", "cuda")
         torch.cuda.synchronize()
-    names = {e.name for e in prof.events() if "hstu_fwd" in e.name}
-    assert len(names) == 1 and ("wgmma" in names.pop()) == (switch != "0"), names
-    exact, same = ref.hstu_attention(*positional(upcast(inp))), ref.hstu_attention(*positional(inp))
-    assert_close_to_reference(out, exact, same, "forward")
+    names = {e.name for e in prof.events()}
+    wgmma = switch != "0"
+    for kernel, hopper in (("hstu_fwd", wgmma), ("hstu_dkdv", wgmma), ("hstu_dq_", wgmma and "bias" not in config)):
+        ran = {n for n in names if kernel in n}
+        assert len(ran) == 1 and ("wgmma" in ran.pop()) == hopper, (kernel, ran)

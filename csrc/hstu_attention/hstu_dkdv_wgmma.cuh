@@ -1,0 +1,159 @@
+// The Hopper dK / dV kernel of the CUDA HSTU attention (sm_90a, fp16/bf16, head dims padded to 64 or 128, 16-byte
+// rows): hstu_dkdv_kernel's algorithm and work list (one program per 64 keys, walking the query blocks that see
+// them) with its four tile products on wgmma. Included by hstu_attention_cuda.cu after hstu_fwd_wgmma.cuh, whose
+// loaders and issue helpers it uses.
+//
+// One warpgroup a block (its 4 warps own 16 keys each, as in hstu_dkdv_kernel). K and V stay in shared memory;
+// query tiles of 64 rows of Q and dO stream through two cp.async stages, all in the 128-byte-swizzled layout. Per
+// query tile: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ from shared memory; the pointwise part (for_each_score with keys as rows)
+// gives Pᵀ and dSᵀ in registers; then dV += Pᵀ dO and dK += dSᵀ Q with dO and Q read transposed (MN-major), as V
+// in the forward. Registers: dK + dV (DP a thread) + Sᵀ + dPᵀ (64), within the 255 of two blocks an SM. Each step
+// waits for its products; overlapping the pointwise part with dPᵀ and dV (two commit groups) gained nothing on the
+// H100, the SM's other warpgroup already keeping the tensor cores busy (RESULTS.md, twenty-first session).
+#pragma once
+#include "hstu_attention/hstu_fwd_wgmma.cuh"
+
+namespace recsys {
+namespace hstu_cuda {
+namespace {
+
+template <int DP>
+struct WgmmaKv {
+  static constexpr int kThreads = 128, BN = 64, BM = 64, kStages = 2;  // BN keys a block, BM queries a tile
+  static constexpr int kTileBytes = 64 * DP * 2;                       // one swizzled tile of 64 rows
+  static constexpr int kOutLd = DP + 8;                                // the output staging tiles' row stride
+  static_assert(2 * BN * kOutLd * 2 <= 2 * kStages * kTileBytes, "dK and dV are staged in the Q / dO stages");
+};
+
+// Shared memory of the wgmma dK / dV kernel (host: size; kernel: offsets): 1024 bytes of alignment slack, K, V,
+// the Q and dO stages (every tile a multiple of 1024 bytes, so each stays aligned), then the bias inputs as in
+// KvSmem.
+template <int DP>
+struct WgmmaKvSmem {
+  size_t k, v, q, dout, qts, kts, tb, bins, pos, total;
+  __host__ __device__ WgmmaKvSmem(bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
+    using C = WgmmaKv<DP>;
+    Carve c;
+    k = c.take(C::kTileBytes);
+    v = c.take(C::kTileBytes);
+    q = c.take(C::kStages * C::kTileBytes);
+    dout = c.take(C::kStages * C::kTileBytes);
+    qts = c.take(time ? C::kStages * C::BM * 8 : 0);
+    kts = c.take(time ? C::BN * 8 : 0);
+    tb = c.take(tb_smem ? nbins * sizeof(float) : 0);
+    bins = c.take(log_bins ? kLogBins * sizeof(LogBin<float>) : 0);
+    pos = c.take(pos_bias ? C::kStages * (C::BM + C::BN) * sizeof(float) : 0);
+    total = 1024 + c.top;
+  }
+};
+
+template <typename T, int DP, bool kBias>
+__global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kernel(const Params<float> params) {
+#if RECSYS_WGMMA_ENABLED
+  using C = WgmmaKv<DP>;
+  constexpr int BN = C::BN, BM = C::BM, OT = DP / 8, LDO = C::kOutLd, TB = C::kTileBytes;
+  const Params<float> p = specialise<kBias>(params);
+  const Pointwise<float>& pw = p.pw;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const WgmmaKvSmem<DP> L(pw.has_time, p.tb_in_smem, log_bins(p), pw.nb + 1, pw.has_pos);
+  unsigned char* sK = smem + L.k;
+  unsigned char* sV = smem + L.v;
+  unsigned char* sQ = smem + L.q;
+  unsigned char* sO = smem + L.dout;
+  int64_t* sQts = reinterpret_cast<int64_t*>(smem + L.qts);
+  int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
+  float* sPos = reinterpret_cast<float*>(smem + L.pos);
+  LogBin<float>* bins = reinterpret_cast<LogBin<float>*>(smem + L.bins);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  const Work wk = p.work[blockIdx.x];
+  const Seq sq = sequence(p, wk.b);
+  const Mask& m = sq.m;
+  const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n);
+  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
+  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+
+  // Query blocks whose key span meets this key block, in increasing order.
+  const int nmb = (m.n + BM - 1) / BM;
+  auto next_block = [&](int mb) {
+    for (; mb < nmb; ++mb) {
+      const Span sp = key_span(m, mb * BM, min(mb * BM + BM, m.n));
+      if (sp.lo < n1 && sp.hi > n0) break;
+    }
+    return mb;
+  };
+  auto load_q = [&](int mb, int st) {
+    load_tile_swizzled<T, BM, DP>(sQ + st * TB, qh, p.ldq, mb * BM, m.n, p.Dqk);
+    load_tile_swizzled<T, BM, DP>(sO + st * TB, oh, p.ldv, mb * BM, m.n, p.Dv);
+    if (pw.has_time) load_ts<BM>(sQts + st * BM, ts, mb * BM, m.n, true);
+    if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
+    cp_async_commit();
+  };
+  load_tile_swizzled<T, BN, DP>(sK, kh, p.ldq, n0, m.n, p.Dqk);
+  load_tile_swizzled<T, BN, DP>(sV, vh, p.ldv, n0, m.n, p.Dv);
+  if (pw.has_time) load_ts<BN>(sKts, ts, n0, m.n, false);
+  int mb = next_block(0);
+  if (mb < nmb) load_q(mb, 0);
+  else cp_async_commit();
+  // After the first copies are issued, so that the tables' global reads overlap them.
+  const float* tb = time_table(p, reinterpret_cast<float*>(smem + L.tb), bins);
+
+  const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ), o_addr = smem_addr(sO);
+  float dk[1][OT][4], dv[1][OT][4];
+  zero(dk);
+  zero(dv);
+  for (int it = 0; mb < nmb; ++it) {
+    // One barrier a tile (as the forward's): tile mb is in, the other stage is free for the next block.
+    const int st = it & 1, nxt = next_block(mb + 1), m0 = mb * BM;
+    cp_async_wait<0>();
+    wgmma::fence_proxy_async();
+    __syncthreads();
+    if (nxt < nmb) load_q(nxt, st ^ 1);
+    float s[1][8][4], dp[1][8][4];  // transposed tiles: rows are keys, columns queries
+    wgmma::fence();
+    issue_s<T, DP, BN>(s, k_addr, q_addr + st * TB);
+    issue_s<T, DP, BN>(dp, v_addr, o_addr + st * TB);
+    wgmma::commit();
+    wgmma::wait<0>();
+    wgmma::fence_operands<32>(&s[0][0][0]);
+    wgmma::fence_operands<32>(&dp[0][0][0]);
+    const BiasView bv{tb, bins, sPos + st * (BM + BN) + BM - 1 + warp * 16, sKts + warp * 16, sQts + st * BM};
+    for_each_score<false, kBias>(s, pw, bv.tb, bv.bins, bv.pdiag, m, tile_full(m, m0, m0 + BM, n0, n0 + BN),
+                                 n0 + warp * 16, m0, bv.rts, bv.cts, lane,
+                                 [&](float& x, bool ok, float y, int, int, int nt, int f) {
+                                   const float sig = sigmoid<T>(y);
+                                   x = y * sig * pw.inv_n;  // y = 0 when masked
+                                   dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (1.f + y * (1.f - sig)) : 0.f;
+                                 });
+    uint32_t a_p[4][4], a_ds[4][4];
+    pack_a<T>(s, a_p);
+    pack_a<T>(dp, a_ds);
+    wgmma::fence();
+    issue_pv<T, DP>(dv, a_p, o_addr + st * TB);   // dV += Pᵀ dO
+    issue_pv<T, DP>(dk, a_ds, q_addr + st * TB);  // dK += dSᵀ Q
+    wgmma::commit();
+    wgmma::wait<0>();  // this stage is overwritten after the next barrier
+    wgmma::fence_operands<OT * 4>(&dv[0][0][0]);
+    wgmma::fence_operands<OT * 4>(&dk[0][0][0]);
+    mb = nxt;
+  }
+  cp_async_wait<0>();  // (no query block: the first loads may still be landing)
+  __syncthreads();
+  T* sOut = reinterpret_cast<T*>(sQ);  // dK rows, then dV rows
+  acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dk, pw.alpha, lane);
+  acc_to_smem<T, 1, OT>(sOut + (BN + warp * 16) * LDO, LDO, dv, 1.f, lane);
+  __syncthreads();
+  T* dkh = static_cast<T*>(p.dk) + sq.start * p.ldq + wk.h * p.Dqk;
+  T* dvh = static_cast<T*>(p.dv) + sq.start * p.ldv + wk.h * p.Dv;
+  store_tile<T, BN, DP, LDO>(dkh, sOut, p.ldq, n0, m.n, 0, p.Dqk, true);
+  store_tile<T, BN, DP, LDO>(dvh, sOut + BN * LDO, p.ldv, n0, m.n, 0, p.Dv, true);
+#endif
+}
+
+}  // namespace
+}  // namespace hstu_cuda
+}  // namespace recsys

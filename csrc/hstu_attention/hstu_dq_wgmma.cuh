@@ -1,0 +1,125 @@
+// The Hopper dQ kernel of the CUDA HSTU attention without the relative bias (sm_90a, fp16/bf16, head dims padded to
+// 64 or 128, 16-byte rows): hstu_dq_kernel's algorithm and work list (one program per 64 query rows, walking the key
+// tiles they see) with its three tile products on wgmma. Included by hstu_attention_cuda.cu after
+// hstu_fwd_wgmma.cuh, whose loaders and issue helpers it uses. With the bias the mma.sync dQ kernel runs (its
+// diagonal sums and exact time histogram of dS): a wgmma version with them was slower, 1.68 against 1.28 ms at
+// B 64, N 1024, H 4, d 128 on the H100, as their shared memory left one warpgroup an SM (RESULTS.md).
+//
+// One warpgroup a block (its 4 warps own 16 query rows each, as in hstu_dq_kernel). Q and dO stay in shared memory;
+// K / V tiles of 64 keys stream through two cp.async stages, all in the 128-byte-swizzled layout. Per key tile:
+// S = Q Kᵀ and dP = dO Vᵀ from shared memory, the pointwise part (for_each_score) gives dS in registers, then
+// dQ += dS K with K read as an MN-major operand (as V in the forward). Registers: dQ (DP / 2 a thread) + S + dP
+// (64) + dS (16), within the 255 of two blocks an SM.
+#pragma once
+#include "hstu_attention/hstu_fwd_wgmma.cuh"
+
+namespace recsys {
+namespace hstu_cuda {
+namespace {
+
+template <int DP>
+struct WgmmaDq {
+  static constexpr int kThreads = 128, BM = 64, BN = 64, kStages = 2;  // BM queries a block, BN keys a tile
+  static constexpr int kTileBytes = 64 * DP * 2;                       // one swizzled tile of 64 rows
+  static constexpr int kOutLd = DP + 8;                                // the output staging tile's row stride
+  static_assert(BM * kOutLd * 2 <= 2 * kStages * kTileBytes, "dQ is staged in the K / V stages");
+};
+
+// Shared memory of the wgmma dQ kernel: 1024 bytes of alignment slack, Q, dO, then the K and V stages (every tile a
+// multiple of 1024 bytes, so each stays aligned).
+template <int DP>
+struct WgmmaDqSmem {
+  size_t q, dout, k, v, total;
+  __host__ __device__ WgmmaDqSmem() {
+    using C = WgmmaDq<DP>;
+    Carve c;
+    q = c.take(C::kTileBytes);
+    dout = c.take(C::kTileBytes);
+    k = c.take(C::kStages * C::kTileBytes);
+    v = c.take(C::kStages * C::kTileBytes);
+    total = 1024 + c.top;
+  }
+};
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel(const Params<float> params) {
+#if RECSYS_WGMMA_ENABLED
+  using C = WgmmaDq<DP>;
+  constexpr int BN = C::BN, BM = C::BM, OT = DP / 8, LDO = C::kOutLd, TB = C::kTileBytes;
+  const Params<float> p = specialise<false>(params);
+  const Pointwise<float>& pw = p.pw;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const WgmmaDqSmem<DP> L;
+  unsigned char* sQ = smem + L.q;
+  unsigned char* sO = smem + L.dout;
+  unsigned char* sK = smem + L.k;
+  unsigned char* sV = smem + L.v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  const Work wk = p.work[blockIdx.x];
+  const Seq sq = sequence(p, wk.b);
+  const Mask& m = sq.m;
+  const int m0 = wk.blk * BM;
+  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
+  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
+  const Span span = key_span(m, m0, min(m0 + BM, m.n));
+  const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
+
+  load_tile_swizzled<T, BM, DP>(sQ, qh, p.ldq, m0, m.n, p.Dqk);
+  load_tile_swizzled<T, BM, DP>(sO, oh, p.ldv, m0, m.n, p.Dv);
+  auto load_kv = [&](int kb, int st) {
+    load_tile_swizzled<T, BN, DP>(sK + st * TB, kh, p.ldq, kb * BN, m.n, p.Dqk);
+    load_tile_swizzled<T, BN, DP>(sV + st * TB, vh, p.ldv, kb * BN, m.n, p.Dv);
+    cp_async_commit();
+  };
+  load_kv(kb0, 0);
+
+  const uint32_t q_addr = smem_addr(sQ), o_addr = smem_addr(sO), k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+  float dq[1][OT][4];
+  zero(dq);
+  for (int kb = kb0; kb < kb1; ++kb) {
+    // One barrier a tile (as the forward's): tile kb is in, the other stage is free for tile kb + 1.
+    const int st = (kb - kb0) & 1, n0 = kb * BN;
+    cp_async_wait<0>();
+    wgmma::fence_proxy_async();
+    __syncthreads();
+    if (kb + 1 < kb1) load_kv(kb + 1, st ^ 1);
+    float s[1][8][4], dp[1][8][4];
+    wgmma::fence();
+    issue_s<T, DP, BM>(s, q_addr, k_addr + st * TB);
+    issue_s<T, DP, BM>(dp, o_addr, v_addr + st * TB);
+    wgmma::commit();
+    wgmma::wait<0>();
+    wgmma::fence_operands<32>(&s[0][0][0]);
+    wgmma::fence_operands<32>(&dp[0][0][0]);
+    const BiasView none{};
+    for_each_score<true, false>(s, pw, none.tb, none.bins, none.pdiag, m, tile_full(m, m0, m0 + BM, n0, n0 + BN),
+                                m0 + warp * 16, n0, none.rts, none.cts, lane,
+                                [&](float&, bool ok, float y, int, int, int nt, int f) {
+                                  const float sig = sigmoid<T>(y);
+                                  dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (1.f + y * (1.f - sig)) : 0.f;
+                                });
+    uint32_t a_ds[4][4];
+    pack_a<T>(dp, a_ds);
+    wgmma::fence();
+    issue_pv<T, DP>(dq, a_ds, k_addr + st * TB);  // dQ += dS K
+    wgmma::commit();
+    wgmma::wait<0>();  // K's stage is overwritten after the next barrier
+    wgmma::fence_operands<OT * 4>(&dq[0][0][0]);
+  }
+  cp_async_wait<0>();  // (no key tile: the first loads may still be landing)
+  __syncthreads();
+  T* sOut = reinterpret_cast<T*>(sK);
+  acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dq, pw.alpha, lane);
+  __syncthreads();
+  T* dqh = static_cast<T*>(p.dq) + sq.start * p.ldq + wk.h * p.Dqk;
+  store_tile<T, BM, DP, LDO>(dqh, sOut, p.ldq, m0, m.n, 0, p.Dqk, true);
+#endif
+}
+
+}  // namespace
+}  // namespace hstu_cuda
+}  // namespace recsys
