@@ -2,8 +2,8 @@
 // S = A Bᵀ (both operands K-major in shared memory) and O = S V (S from registers, V MN-major), compared with the
 // host. Variant 0 is the layout the kernels use; variant 1 swaps V's lbo / sbo and must fail (the probe can fail).
 //   nvcc -std=c++20 -O2 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/ops/wgmma_layout_probe.cu -o /tmp/probe
-//   /tmp/probe      (H100, twentieth session, before the pass / fail exit status was added: variant 0 exact
-//                    to fp32 rounding, variant 1's O wrong; benchmarks/results/wgmma-probe-*.txt)
+//   /tmp/probe      (H100, twentieth and twenty-first sessions: variant 0 exact to fp32 rounding, variant 1's O
+//                    wrong, exit status 0; benchmarks/results/wgmma-probe-*.txt)
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
