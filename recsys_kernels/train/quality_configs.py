@@ -15,9 +15,8 @@ Amazon Beauty (22,363 users, 12,101 items, mean length 8.9, max length 50):
                        0.0914 / 0.0552 (seed 1: 0.0909 / 0.0545): HSTU ties it on HR@10 and stays behind on NDCG@10
                        (benchmarks/RESULTS.md). 4096 negatives or D 128 lift SASRec more than HSTU (D 128, two
                        seeds: SASRec 0.0927 / 0.0562, HSTU 0.0916 / 0.0544). Since the twentieth session the config
-                       is D 128 in 3 blocks of 2 heads of 64: 0.0949 / 0.0562 (seed 0), 0.0927 / 0.0558 (seed 1),
-                       ahead of sasrec-beauty-fast at both seeds and of SASRec in the same 3 x 2 x 64 shape
-                       (0.0923 / 0.0538).
+                       is D 128 in 3 blocks of 2 heads of 64: 0.0930 / 0.0558 over four seeds, ahead of
+                       sasrec-beauty-fast at every seed and of SASRec at D 128 in the mean (0.0916 / 0.0555).
   sasrec-beauty-fast   SASRec (Kang & McAuley 2018) at D 64, 2 blocks, 1 head, dropout 0.5 (the paper's Beauty
                        setting), trained with the same sampled softmax as HSTU (generative-recommenders' SASRec
                        baseline, 2048 shared negatives), so HSTU vs SASRec compares the encoders, not the losses.
