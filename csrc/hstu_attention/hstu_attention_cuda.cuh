@@ -102,6 +102,18 @@ __host__ __device__ __forceinline__ Span key_span(const Mask& m, int r0, int r1)
   return s;
 }
 
+// The first query block, from block mb on (blocks of BM rows), whose key span meets keys [n0, n1); the block
+// count when none does. The dK / dV kernels walk their query blocks with it.
+template <int BM>
+__host__ __device__ __forceinline__ int next_query_block(const Mask& m, int mb, int n0, int n1) {
+  const int nmb = (m.n + BM - 1) / BM;
+  for (; mb < nmb; ++mb) {
+    const Span sp = key_span(m, mb * BM, min(mb * BM + BM, m.n));
+    if (sp.lo < n1 && sp.hi > n0) break;
+  }
+  return mb;
+}
+
 // Every pair of rows [r0, r1) x keys [c0, c1) is valid and inside the sequence: the kernels then skip the
 // per-element mask. Sufficient, not necessary (the contextual rule only adds pairs).
 __host__ __device__ __forceinline__ bool tile_full(const Mask& m, int r0, int r1, int c0, int c1) {

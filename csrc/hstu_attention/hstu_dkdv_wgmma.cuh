@@ -79,13 +79,7 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
 
   // Query blocks whose key span meets this key block, in increasing order.
   const int nmb = (m.n + BM - 1) / BM;
-  auto next_block = [&](int mb) {
-    for (; mb < nmb; ++mb) {
-      const Span sp = key_span(m, mb * BM, min(mb * BM + BM, m.n));
-      if (sp.lo < n1 && sp.hi > n0) break;
-    }
-    return mb;
-  };
+  auto next_block = [&](int mb) { return next_query_block<BM>(m, mb, n0, n1); };
   auto load_q = [&](int mb, int st) {
     load_tile_swizzled<T, BM, DP>(sQ + st * TB, qh, p.ldq, mb * BM, m.n, p.Dqk);
     load_tile_swizzled<T, BM, DP>(sO + st * TB, oh, p.ldv, mb * BM, m.n, p.Dv);
