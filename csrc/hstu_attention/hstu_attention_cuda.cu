@@ -226,6 +226,27 @@ __device__ __forceinline__ Seq program_sequence(const Params<A>& p, const Inline
   return Seq{start, make_mask(n, nt, p.targets, p.c, p.w, p.causal)};
 }
 
+// One (sequence, head)'s operands: pointers to its first row (the next rows follow at the operand's row stride),
+// and the sequence's timestamps when the time bias is on. dout is null in the forward.
+template <typename T>
+struct HeadRows {
+  const T *q, *k, *v, *dout;
+  const int64_t* ts;
+};
+
+template <typename T, typename A>
+__device__ __forceinline__ HeadRows<T> head_rows(const Params<A>& p, const Seq& sq, int h) {
+  const int64_t qk = sq.start * p.ldq + h * p.Dqk, vo = sq.start * p.ldv + h * p.Dv;
+  return {static_cast<const T*>(p.q) + qk, static_cast<const T*>(p.k) + qk, static_cast<const T*>(p.v) + vo,
+          p.dout ? static_cast<const T*>(p.dout) + vo : nullptr, p.pw.has_time ? p.ts + sq.start : nullptr};
+}
+
+// The same head's first row of an (L, H, D) result x whose rows are ld apart.
+template <typename T>
+__device__ __forceinline__ T* head_out(void* x, const Seq& sq, int64_t ld, int h, int D) {
+  return static_cast<T*>(x) + sq.start * ld + h * D;
+}
+
 // "log" buckets: the quarter-octave table with its time-bias values goes to shared memory (log_time_bias; 4 KB).
 // "sqrt": the time table does when small (gathers there are cheap); else it is read from global. The kernels'
 // first barrier comes before any use.
@@ -279,19 +300,16 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
   LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
-  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
-  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  load_tile<T, BM, DP, LD>(sQ, qh, p.ldq, m0, m.n, p.Dqk, p.vec);
-  if (pw.has_time) load_ts<BM>(sQts, ts, m0, m.n, true);
+  load_tile<T, BM, DP, LD>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk, p.vec);
+  if (pw.has_time) load_ts<BM>(sQts, rows.ts, m0, m.n, true);
   auto load_kv = [&](int kb, int st) {
-    load_tile<T, BN, DP, LD>(sK + st * BN * LD, kh, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
-    load_tile<T, BN, DP, LD>(sV + st * BN * LD, vh, p.ldv, kb * BN, m.n, p.Dv, p.vec);
-    if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    load_tile<T, BN, DP, LD>(sK + st * BN * LD, rows.k, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
+    load_tile<T, BN, DP, LD>(sV + st * BN * LD, rows.v, p.ldv, kb * BN, m.n, p.Dv, p.vec);
+    if (pw.has_time) load_ts<BN>(sKts + st * BN, rows.ts, kb * BN, m.n, false);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
   };
@@ -328,7 +346,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_fwd_kernel(const Pa
   __syncthreads();
   acc_to_smem<T, MT, OT>(sQ + warp * WM * LD, LD, o, A(1), lane);
   __syncthreads();
-  T* oh = static_cast<T*>(p.out) + sq.start * p.ldv + wk.h * p.Dv;
+  T* oh = head_out<T>(p.out, sq, p.ldv, wk.h, p.Dv);
   store_tile<T, BM, DP, LD>(oh, sQ, p.ldv, m0, m.n, 0, p.Dv, p.vec);
 }
 
@@ -376,11 +394,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
   // Before the first copies here (after them, as in the other kernels, the d = 256 builds spilled).
   const A* tb = time_table(p, reinterpret_cast<A*>(smem + L.tb), bins);
-  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
-  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
-  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
@@ -408,13 +422,13 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
     hist.init(words, p.hist_copies > 0, copies, lane, p.hist_wide, bound, per_lane * W * (32 / copies));
   }
 
-  load_tile<T, BM, DP, LD>(sQ, qh, p.ldq, m0, m.n, p.Dqk, p.vec);
-  load_tile<T, BM, DP, LD>(sO, oh, p.ldv, m0, m.n, p.Dv, p.vec);
-  if (pw.has_time) load_ts<BM>(sQts, ts, m0, m.n, true);
+  load_tile<T, BM, DP, LD>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk, p.vec);
+  load_tile<T, BM, DP, LD>(sO, rows.dout, p.ldv, m0, m.n, p.Dv, p.vec);
+  if (pw.has_time) load_ts<BM>(sQts, rows.ts, m0, m.n, true);
   auto load_kv = [&](int kb, int st) {
-    load_tile<T, BN, DP, LD>(sK + st * BN * LD, kh, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
-    load_tile<T, BN, DP, LD>(sV + st * BN * LD, vh, p.ldv, kb * BN, m.n, p.Dv, p.vec);
-    if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    load_tile<T, BN, DP, LD>(sK + st * BN * LD, rows.k, p.ldq, kb * BN, m.n, p.Dqk, p.vec);
+    load_tile<T, BN, DP, LD>(sV + st * BN * LD, rows.v, p.ldv, kb * BN, m.n, p.Dv, p.vec);
+    if (pw.has_time) load_ts<BN>(sKts + st * BN, rows.ts, kb * BN, m.n, false);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
   };
@@ -502,7 +516,7 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   }
   acc_to_smem<T, 1, QT>(sQ + warp * 16 * LD, LD, dq, pw.alpha, lane);
   __syncthreads();
-  T* dqh = static_cast<T*>(p.dq) + sq.start * p.ldq + wk.h * p.Dqk;
+  T* dqh = head_out<T>(p.dq, sq, p.ldq, wk.h, p.Dqk);
   store_tile<T, BM, DP, LD>(dqh, sQ, p.ldq, m0, m.n, 0, p.Dqk, p.vec);
 }
 
@@ -531,25 +545,21 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n), c0 = wk.chunk * CH;
   const Pointwise<A>& pw = p.pw;
   LogBin<A>* bins = reinterpret_cast<LogBin<A>*>(smem + L.bins);
-  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
-  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
-  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
 
   // Query blocks whose key span meets this key block, in increasing order.
   const int nmb = (m.n + BM - 1) / BM;
   auto next_block = [&](int mb) { return next_query_block<BM>(m, mb, n0, n1); };
   auto load_q = [&](int mb, int st) {
-    load_tile<T, BM, DP, LD>(sQ + st * BM * LD, qh, p.ldq, mb * BM, m.n, p.Dqk, p.vec);
-    load_tile<T, BM, DP, LD>(sO + st * BM * LD, oh, p.ldv, mb * BM, m.n, p.Dv, p.vec);
-    if (pw.has_time) load_ts<BM>(sQts + st * BM, ts, mb * BM, m.n, true);
+    load_tile<T, BM, DP, LD>(sQ + st * BM * LD, rows.q, p.ldq, mb * BM, m.n, p.Dqk, p.vec);
+    load_tile<T, BM, DP, LD>(sO + st * BM * LD, rows.dout, p.ldv, mb * BM, m.n, p.Dv, p.vec);
+    if (pw.has_time) load_ts<BM>(sQts + st * BM, rows.ts, mb * BM, m.n, true);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
     cp_async_commit();
   };
-  load_tile<T, BN, DP, LD>(sK, kh, p.ldq, n0, m.n, p.Dqk, p.vec);
-  load_tile<T, BN, DP, LD>(sV, vh, p.ldv, n0, m.n, p.Dv, p.vec);
-  if (pw.has_time) load_ts<BN>(sKts, ts, n0, m.n, false);
+  load_tile<T, BN, DP, LD>(sK, rows.k, p.ldq, n0, m.n, p.Dqk, p.vec);
+  load_tile<T, BN, DP, LD>(sV, rows.v, p.ldv, n0, m.n, p.Dv, p.vec);
+  if (pw.has_time) load_ts<BN>(sKts, rows.ts, n0, m.n, false);
   int mb = next_block(0);
   if (mb < nmb) load_q(mb, 0);
   else cp_async_commit();
@@ -595,8 +605,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   acc_to_smem<T, 1, CT>(sK + warp * 16 * LD, LD, dk, pw.alpha, lane);
   acc_to_smem<T, 1, CT>(sV + warp * 16 * LD, LD, dv, A(1), lane);
   __syncthreads();
-  T* dkh = static_cast<T*>(p.dk) + sq.start * p.ldq + wk.h * p.Dqk;
-  T* dvh = static_cast<T*>(p.dv) + sq.start * p.ldv + wk.h * p.Dv;
+  T* dkh = head_out<T>(p.dk, sq, p.ldq, wk.h, p.Dqk);
+  T* dvh = head_out<T>(p.dv, sq, p.ldv, wk.h, p.Dv);
   store_tile<T, BN, CH, LD>(dkh, sK, p.ldq, n0, m.n, c0, p.Dqk, p.vec);
   store_tile<T, BN, CH, LD>(dvh, sV, p.ldv, n0, m.n, c0, p.Dv, p.vec);
 }

@@ -71,25 +71,21 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   const Seq sq = sequence(p, wk.b);
   const Mask& m = sq.m;
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n);
-  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
-  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
-  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
+  const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
 
   // Query blocks whose key span meets this key block, in increasing order.
   const int nmb = (m.n + BM - 1) / BM;
   auto next_block = [&](int mb) { return next_query_block<BM>(m, mb, n0, n1); };
   auto load_q = [&](int mb, int st) {
-    load_tile_swizzled<T, BM, DP>(sQ + st * TB, qh, p.ldq, mb * BM, m.n, p.Dqk);
-    load_tile_swizzled<T, BM, DP>(sO + st * TB, oh, p.ldv, mb * BM, m.n, p.Dv);
-    if (pw.has_time) load_ts<BM>(sQts + st * BM, ts, mb * BM, m.n, true);
+    load_tile_swizzled<T, BM, DP>(sQ + st * TB, rows.q, p.ldq, mb * BM, m.n, p.Dqk);
+    load_tile_swizzled<T, BM, DP>(sO + st * TB, rows.dout, p.ldv, mb * BM, m.n, p.Dv);
+    if (pw.has_time) load_ts<BM>(sQts + st * BM, rows.ts, mb * BM, m.n, true);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
     cp_async_commit();
   };
-  load_tile_swizzled<T, BN, DP>(sK, kh, p.ldq, n0, m.n, p.Dqk);
-  load_tile_swizzled<T, BN, DP>(sV, vh, p.ldv, n0, m.n, p.Dv);
-  if (pw.has_time) load_ts<BN>(sKts, ts, n0, m.n, false);
+  load_tile_swizzled<T, BN, DP>(sK, rows.k, p.ldq, n0, m.n, p.Dqk);
+  load_tile_swizzled<T, BN, DP>(sV, rows.v, p.ldv, n0, m.n, p.Dv);
+  if (pw.has_time) load_ts<BN>(sKts, rows.ts, n0, m.n, false);
   int mb = next_block(0);
   if (mb < nmb) load_q(mb, 0);
   else cp_async_commit();
@@ -141,8 +137,8 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dk, pw.alpha, lane);
   acc_to_smem<T, 1, OT>(sOut + (BN + warp * 16) * LDO, LDO, dv, 1.f, lane);
   __syncthreads();
-  T* dkh = static_cast<T*>(p.dk) + sq.start * p.ldq + wk.h * p.Dqk;
-  T* dvh = static_cast<T*>(p.dv) + sq.start * p.ldv + wk.h * p.Dv;
+  T* dkh = head_out<T>(p.dk, sq, p.ldq, wk.h, p.Dqk);
+  T* dvh = head_out<T>(p.dv, sq, p.ldv, wk.h, p.Dv);
   store_tile<T, BN, DP, LDO>(dkh, sOut, p.ldq, n0, m.n, 0, p.Dqk, true);
   store_tile<T, BN, DP, LDO>(dvh, sOut + BN * LDO, p.ldv, n0, m.n, 0, p.Dv, true);
 #endif

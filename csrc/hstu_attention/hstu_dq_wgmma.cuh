@@ -61,18 +61,15 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
   const Seq sq = sequence(p, wk.b);
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
-  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
-  const T* oh = static_cast<const T*>(p.dout) + sq.start * p.ldv + wk.h * p.Dv;
+  const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  load_tile_swizzled<T, BM, DP>(sQ, qh, p.ldq, m0, m.n, p.Dqk);
-  load_tile_swizzled<T, BM, DP>(sO, oh, p.ldv, m0, m.n, p.Dv);
+  load_tile_swizzled<T, BM, DP>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
+  load_tile_swizzled<T, BM, DP>(sO, rows.dout, p.ldv, m0, m.n, p.Dv);
   auto load_kv = [&](int kb, int st) {
-    load_tile_swizzled<T, BN, DP>(sK + st * TB, kh, p.ldq, kb * BN, m.n, p.Dqk);
-    load_tile_swizzled<T, BN, DP>(sV + st * TB, vh, p.ldv, kb * BN, m.n, p.Dv);
+    load_tile_swizzled<T, BN, DP>(sK + st * TB, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
+    load_tile_swizzled<T, BN, DP>(sV + st * TB, rows.v, p.ldv, kb * BN, m.n, p.Dv);
     cp_async_commit();
   };
   load_kv(kb0, 0);
@@ -115,7 +112,7 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
   T* sOut = reinterpret_cast<T*>(sK);
   acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dq, pw.alpha, lane);
   __syncthreads();
-  T* dqh = static_cast<T*>(p.dq) + sq.start * p.ldq + wk.h * p.Dqk;
+  T* dqh = head_out<T>(p.dq, sq, p.ldq, wk.h, p.Dqk);
   store_tile<T, BM, DP, LDO>(dqh, sOut, p.ldq, m0, m.n, 0, p.Dqk, true);
 #endif
 }

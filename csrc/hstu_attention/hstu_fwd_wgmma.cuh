@@ -145,19 +145,16 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
   const Seq sq = program_sequence(p, iw, wk);
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM, w0 = m0 + 64 * wg;  // the block's and this warpgroup's first query row
-  const T* qh = static_cast<const T*>(p.q) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* kh = static_cast<const T*>(p.k) + sq.start * p.ldq + wk.h * p.Dqk;
-  const T* vh = static_cast<const T*>(p.v) + sq.start * p.ldv + wk.h * p.Dv;
+  const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  const int64_t* ts = pw.has_time ? p.ts + sq.start : nullptr;
-  load_tile_swizzled<T, BM, DP>(sQ, qh, p.ldq, m0, m.n, p.Dqk);
-  if (pw.has_time) load_ts<BM>(sQts, ts, m0, m.n, true);
+  load_tile_swizzled<T, BM, DP>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
+  if (pw.has_time) load_ts<BM>(sQts, rows.ts, m0, m.n, true);
   auto load_kv = [&](int kb, int st) {
-    load_tile_swizzled<T, BN, DP>(sK + st * C::kKvBytes, kh, p.ldq, kb * BN, m.n, p.Dqk);
-    load_tile_swizzled<T, BN, DP>(sV + st * C::kKvBytes, vh, p.ldv, kb * BN, m.n, p.Dv);
-    if (pw.has_time) load_ts<BN>(sKts + st * BN, ts, kb * BN, m.n, false);
+    load_tile_swizzled<T, BN, DP>(sK + st * C::kKvBytes, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
+    load_tile_swizzled<T, BN, DP>(sV + st * C::kKvBytes, rows.v, p.ldv, kb * BN, m.n, p.Dv);
+    if (pw.has_time) load_ts<BN>(sKts + st * BN, rows.ts, kb * BN, m.n, false);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
   };
@@ -203,7 +200,7 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
   T* sOut = reinterpret_cast<T*>(sK);
   acc_to_smem<T, 1, OT>(sOut + r_off * LDO, LDO, o, 1.f, lane);
   __syncthreads();
-  T* oh = static_cast<T*>(p.out) + sq.start * p.ldv + wk.h * p.Dv;
+  T* oh = head_out<T>(p.out, sq, p.ldv, wk.h, p.Dv);
   store_tile<T, BM, DP, LDO>(oh, sOut, p.ldv, m0, m.n, 0, p.Dv, true);
 #endif
 }
