@@ -77,14 +77,14 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   const int nmb = (m.n + BM - 1) / BM;
   auto next_block = [&](int mb) { return next_query_block<BM>(m, mb, n0, n1); };
   auto load_q = [&](int mb, int st) {
-    load_tile_swizzled<T, BM, DP>(sQ + st * TB, rows.q, p.ldq, mb * BM, m.n, p.Dqk);
-    load_tile_swizzled<T, BM, DP>(sO + st * TB, rows.dout, p.ldv, mb * BM, m.n, p.Dv);
+    load_tile_swizzled<T, BM, DP, C::kThreads>(sQ + st * TB, rows.q, p.ldq, mb * BM, m.n, p.Dqk);
+    load_tile_swizzled<T, BM, DP, C::kThreads>(sO + st * TB, rows.dout, p.ldv, mb * BM, m.n, p.Dv);
     if (pw.has_time) load_ts<BM>(sQts + st * BM, rows.ts, mb * BM, m.n, true);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
     cp_async_commit();
   };
-  load_tile_swizzled<T, BN, DP>(sK, rows.k, p.ldq, n0, m.n, p.Dqk);
-  load_tile_swizzled<T, BN, DP>(sV, rows.v, p.ldv, n0, m.n, p.Dv);
+  load_tile_swizzled<T, BN, DP, C::kThreads>(sK, rows.k, p.ldq, n0, m.n, p.Dqk);
+  load_tile_swizzled<T, BN, DP, C::kThreads>(sV, rows.v, p.ldv, n0, m.n, p.Dv);
   if (pw.has_time) load_ts<BN>(sKts, rows.ts, n0, m.n, false);
   int mb = next_block(0);
   if (mb < nmb) load_q(mb, 0);

@@ -65,11 +65,11 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  load_tile_swizzled<T, BM, DP>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
-  load_tile_swizzled<T, BM, DP>(sO, rows.dout, p.ldv, m0, m.n, p.Dv);
+  load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
+  load_tile_swizzled<T, BM, DP, C::kThreads>(sO, rows.dout, p.ldv, m0, m.n, p.Dv);
   auto load_kv = [&](int kb, int st) {
-    load_tile_swizzled<T, BN, DP>(sK + st * TB, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
-    load_tile_swizzled<T, BN, DP>(sV + st * TB, rows.v, p.ldv, kb * BN, m.n, p.Dv);
+    load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * TB, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
+    load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * TB, rows.v, p.ldv, kb * BN, m.n, p.Dv);
     cp_async_commit();
   };
   load_kv(kb0, 0);

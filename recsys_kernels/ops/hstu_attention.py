@@ -23,14 +23,14 @@ backwards (no float atomics: CUDA sums the time-bias gradient as integers); the 
 index_select backward adds with float atomics on CUDA.
 
 Backends (chosen per call by recsys_kernels._backend):
-  cuda      csrc/hstu_attention/hstu_attention_cuda.cu — mma.sync tiles (fp32/fp64 on CUDA cores), bias and
-            masks in the kernel, deterministic backward (integer atomics only). The CUDA default: on the H100 it is
-            the fastest backend with the bias on (forward+backward 3-5x Triton's) and a call costs ~0.05 ms of
-            host time against Triton's ~0.28 ms, which decides the HSTU models' small, biased attention
-            (benchmarks/RESULTS.md)
+  cuda      csrc/hstu_attention/hstu_attention_cuda.cu — tensor-core tiles (wgmma on sm_90 in a 9.0a build, else
+            mma.sync; fp32/fp64 on CUDA cores), bias and masks in the kernel, deterministic backward (integer
+            atomics only). The CUDA default: on the H100 it is the fastest backend but for the forward at
+            N >= 4096, and a call costs ~0.05 ms of host time against Triton's ~0.28 ms, which decides the HSTU
+            models' small, biased attention (benchmarks/RESULTS.md)
   triton    recsys_kernels/triton/hstu_attention.py — wgmma tiles, bias in the kernel, deterministic backward
-            (dK/dV per key block, dQ per query block, bias gradients from per-tile partials); 2-3x the CUDA
-            kernel's speed without the bias at N >= 1024 (use_backend("triton") for long sequences)
+            (dK/dV per key block, dQ per query block, bias gradients from per-tile partials); the fastest
+            bias-free forward at N >= 4096 (use_backend("triton") there)
   cpu       csrc/hstu_attention/hstu_attention_cpu.cpp — parallel over (sequence, head)
   reference recsys_kernels/reference/hstu_attention.py — padded dense, static shapes; the HPU path
 Registered ops: torch.ops.recsys.hstu_attention, torch.ops.recsys.hstu_attention_backward.
