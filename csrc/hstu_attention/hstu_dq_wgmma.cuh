@@ -107,13 +107,8 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
     wgmma::wait<0>();  // K's stage is overwritten after the next barrier
     wgmma::fence_operands<OT * 4>(&dq[0][0][0]);
   }
-  cp_async_wait<0>();  // (no key tile: the first loads may still be landing)
-  __syncthreads();
-  T* sOut = reinterpret_cast<T*>(sK);
-  acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dq, pw.alpha, lane);
-  __syncthreads();
-  T* dqh = head_out<T>(p.dq, sq, p.ldq, wk.h, p.Dqk);
-  store_tile<T, BM, DP, LDO>(dqh, sOut, p.ldq, m0, m.n, 0, p.Dqk, true);
+  store_acc_tile<T, BM, DP, LDO>(head_out<T>(p.dq, sq, p.ldq, wk.h, p.Dqk), p.ldq, reinterpret_cast<T*>(sK),
+                                 warp * 16, dq, pw.alpha, m0, m.n, p.Dqk, lane);
 #endif
 }
 

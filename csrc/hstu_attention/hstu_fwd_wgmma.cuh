@@ -128,6 +128,20 @@ __device__ __forceinline__ void silu_to_p(float (&s)[1][8][4], uint32_t (&a)[4][
   pack_a<T>(s, a);
 }
 
+// The epilogue of the forward and dQ kernels: once every warpgroup is done with the K / V stages, one warp's 16 x DP
+// accumulator rows (times scale, rounded to T) go to row r_off of a BM-row tile staged there, and the tile's rows
+// [m0, m0 + BM) ∩ [0, n), columns [0, D), to out (the head's first row, row stride ldg).
+template <typename T, int BM, int DP, int LDO>
+__device__ __forceinline__ void store_acc_tile(T* out, int64_t ldg, T* stage, int r_off,
+                                               const float (&acc)[1][DP / 8][4], float scale, int m0, int n, int D,
+                                               int lane) {
+  cp_async_wait<0>();  // (no key tile: the first loads may still be landing)
+  __syncthreads();
+  acc_to_smem<T, 1, DP / 8>(stage + r_off * LDO, LDO, acc, scale, lane);
+  __syncthreads();
+  store_tile<T, BM, DP, LDO>(out, stage, ldg, m0, n, 0, D, true);
+}
+
 template <typename T, int DP, bool kBias>
 __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksPerSm)
     hstu_fwd_wgmma_kernel(const Params<float> params, const __grid_constant__ InlineWork iw) {
@@ -203,13 +217,9 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
       wgmma::fence_operands<OT * 4>(&o[0][0][0]);
     }
   }
-  cp_async_wait<0>();  // (no key tile: the first loads may still be landing)
-  __syncthreads();     // every warpgroup is done with the stages, which now stage the output
-  T* sOut = reinterpret_cast<T*>(sK);
-  acc_to_smem<T, 1, OT>(sOut + r_off * LDO, LDO, o, 1.f, lane);
-  __syncthreads();
-  T* oh = head_out<T>(p.out, sq, p.ldv, wk.h, p.Dv);
-  store_tile<T, BM, DP, LDO>(oh, sOut, p.ldv, m0, m.n, 0, p.Dv, true);
+  // The K / V stages stage the output.
+  store_acc_tile<T, BM, DP, LDO>(head_out<T>(p.out, sq, p.ldv, wk.h, p.Dv), p.ldv, reinterpret_cast<T*>(sK), r_off, o,
+                                 1.f, m0, m.n, p.Dv, lane);
 #endif
 }
 
