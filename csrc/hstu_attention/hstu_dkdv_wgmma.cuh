@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   // After the first copies are issued, so that the tables' global reads overlap them.
   const float* tb = time_table(p, reinterpret_cast<float*>(smem + L.tb), bins);
 
-  const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV), q_addr = smem_addr(sQ), o_addr = smem_addr(sO);
+  const wgmma::Desc k_km = k_major(smem_addr(sK)), v_km = k_major(smem_addr(sV)), q_km = k_major(smem_addr(sQ)),
+                    o_km = k_major(smem_addr(sO)), q_mn = mn_major(smem_addr(sQ)), o_mn = mn_major(smem_addr(sO));
   float dk[1][OT][4], dv[1][OT][4];
   zero(dk);
   zero(dv);
@@ -105,8 +106,8 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
     if (nxt < nmb) load_q(nxt, st ^ 1);
     float s[1][8][4], dp[1][8][4];  // transposed tiles: rows are keys, columns queries
     wgmma::fence();
-    issue_s<T, DP, BN>(s, k_addr, q_addr + st * TB);
-    issue_s<T, DP, BN>(dp, v_addr, o_addr + st * TB);
+    issue_s<T, DP, BN>(s, k_km, q_km.shifted(st * TB));
+    issue_s<T, DP, BN>(dp, v_km, o_km.shifted(st * TB));
     wgmma::commit();
     wgmma::wait<0>();
     wgmma::fence_operands<32>(&s[0][0][0]);
@@ -123,8 +124,8 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
     pack_a<T>(s, a_p);
     pack_a<T>(dp, a_ds);
     wgmma::fence();
-    issue_pv<T, DP>(dv, a_p, o_addr + st * TB);   // dV += Pᵀ dO
-    issue_pv<T, DP>(dk, a_ds, q_addr + st * TB);  // dK += dSᵀ Q
+    issue_pv<T, DP>(dv, a_p, o_mn.shifted(st * TB));   // dV += Pᵀ dO
+    issue_pv<T, DP>(dk, a_ds, q_mn.shifted(st * TB));  // dK += dSᵀ Q
     wgmma::commit();
     wgmma::wait<0>();  // this stage is overwritten after the next barrier
     wgmma::fence_operands<OT * 4>(&dv[0][0][0]);

@@ -74,7 +74,8 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
   };
   load_kv(kb0, 0);
 
-  const uint32_t q_addr = smem_addr(sQ), o_addr = smem_addr(sO), k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+  const wgmma::Desc q_km = k_major(smem_addr(sQ)), o_km = k_major(smem_addr(sO)), k_km = k_major(smem_addr(sK)),
+                    v_km = k_major(smem_addr(sV)), k_mn = mn_major(smem_addr(sK));
   float dq[1][OT][4];
   zero(dq);
   for (int kb = kb0; kb < kb1; ++kb) {
@@ -86,8 +87,8 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
     if (kb + 1 < kb1) load_kv(kb + 1, st ^ 1);
     float s[1][8][4], dp[1][8][4];
     wgmma::fence();
-    issue_s<T, DP, BM>(s, q_addr, k_addr + st * TB);
-    issue_s<T, DP, BM>(dp, o_addr, v_addr + st * TB);
+    issue_s<T, DP, BM>(s, q_km, k_km.shifted(st * TB));
+    issue_s<T, DP, BM>(dp, o_km, v_km.shifted(st * TB));
     wgmma::commit();
     wgmma::wait<0>();
     wgmma::fence_operands<32>(&s[0][0][0]);
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
     uint32_t a_ds[4][4];
     pack_a<T>(dp, a_ds);
     wgmma::fence();
-    issue_pv<T, DP>(dq, a_ds, k_addr + st * TB);  // dQ += dS K
+    issue_pv<T, DP>(dq, a_ds, k_mn.shifted(st * TB));  // dQ += dS K
     wgmma::commit();
     wgmma::wait<0>();  // K's stage is overwritten after the next barrier
     wgmma::fence_operands<OT * 4>(&dq[0][0][0]);

@@ -53,10 +53,10 @@ struct WgmmaFwdSmem {
 };
 
 // Rows [r0, r0 + R) of one head into a swizzled tile at s (16-byte cp.async chunks; rows past n and columns past D
-// are zeros), by a block of NT threads. Each thread copies one fixed column chunk of every (NT / CPR)-th row, so its
-// shared offset and global address are computed once and then step by constants (the swizzle repeats every 8
-// rows). A loop over flat indices recomputed both for every chunk, ~40 instructions a cp.async and a third of the
-// forward's instructions; this form made the forward 15% faster (H100, benchmarks/RESULTS.md).
+// are zeros), by a block of NT threads. Each thread copies one fixed column chunk of every (NT / CPR)-th row: its
+// shared offset steps by a constant (the swizzle repeats every 8 rows) and its global address by one 64-bit add a
+// row. Recomputing either per chunk cost ~40 instructions a cp.async (then ~20: the compiler multiplied each row's
+// index by the stride again), a third of the forward's instructions.
 template <typename T, int R, int DP, int NT>
 __device__ __forceinline__ void load_tile_swizzled(unsigned char* s, const T* x, int64_t ldg, int r0, int n, int D) {
   constexpr int CPR = DP / 8, RSTEP = NT / CPR;
@@ -64,34 +64,39 @@ __device__ __forceinline__ void load_tile_swizzled(unsigned char* s, const T* x,
   const int rr = threadIdx.x / CPR, col = (threadIdx.x % CPR) * 8;
   unsigned char* dst = s + wgmma::swizzled_offset(rr, col, R);
   const T* src = x + static_cast<int64_t>(r0 + rr) * ldg + col;
-  const bool col_ok = col < D;
+  const int64_t step = RSTEP * ldg;
+  const int rows = col < D ? n - r0 - rr : 0;  // chunk i exists when i * RSTEP < rows
 #pragma unroll
   for (int i = 0; i < R / RSTEP; ++i) {
-    const bool ok = col_ok && r0 + rr + i * RSTEP < n;
-    cp_async<16>(dst + i * RSTEP * 128, ok ? src + i * RSTEP * ldg : x, ok);
+    const bool ok = i * RSTEP < rows;
+    cp_async<16>(dst + i * RSTEP * 128, ok ? src : x, ok);
+    src += step;
   }
 }
 
-// Issues S (this warpgroup's 64 rows x 64 keys) = Q Kᵀ over DP / 16 k-steps. q_addr / k_addr: shared addresses of
-// the warpgroup's first Q row and of the K stage (rows of R_Q / 64 rows a 64-column block). A k-step starts 32
-// bytes further into the 128-byte row.
-template <typename T, int DP, int RQ>
-__device__ __forceinline__ void issue_s(float (&s)[1][8][4], uint32_t q_addr, uint32_t k_addr) {
+// Issues S (this warpgroup's 64 rows x 64 keys) = A Bᵀ over DP / 16 k-steps, e.g. Q Kᵀ. a / b: k_major descriptors
+// of the warpgroup's first A row (rows of RA / 64 rows a 64-column block) and of the B stage (64 rows). A k-step
+// starts 32 bytes further into the 128-byte row.
+template <typename T, int DP, int RA>
+__device__ __forceinline__ void issue_s(float (&s)[1][8][4], const wgmma::Desc& a, const wgmma::Desc& b) {
 #pragma unroll
   for (int ks = 0; ks < DP / 16; ++ks) {
-    const uint64_t dq = wgmma::desc(q_addr + (ks >> 2) * RQ * 128 + (ks & 3) * 32, 16, 1024);
-    const uint64_t dk = wgmma::desc(k_addr + (ks >> 2) * 64 * 128 + (ks & 3) * 32, 16, 1024);
-    if (ks == 0) wgmma::mma_m64n64_ss<T, 0>(&s[0][0][0], dq, dk);
-    else wgmma::mma_m64n64_ss<T, 1>(&s[0][0][0], dq, dk);
+    const uint64_t da = a + ((ks >> 2) * RA * 128 + (ks & 3) * 32), db = b + ((ks >> 2) * 64 * 128 + (ks & 3) * 32);
+    if (ks == 0) wgmma::mma_m64n64_ss<T, 0>(&s[0][0][0], da, db);
+    else wgmma::mma_m64n64_ss<T, 1>(&s[0][0][0], da, db);
   }
 }
 
-// Issues O += P V over the tile's 64 keys (four k-steps of 16 keys, 2 KB apart); V's 64-column blocks along the
-// output lie 8 KB apart (MN-major operand: lbo = 8 KB, sbo = 8 rows of 128 bytes).
+// The descriptor of a K-major operand tile (Q, K: 8-row groups 1024 bytes apart) at shared address addr.
+__device__ __forceinline__ wgmma::Desc k_major(uint32_t addr) { return wgmma::Desc(addr, 16, 1024); }
+// The descriptor of an MN-major operand tile of 64 rows (V: its 64-column blocks along the output lie 8 KB apart).
+__device__ __forceinline__ wgmma::Desc mn_major(uint32_t addr) { return wgmma::Desc(addr, 8192, 1024); }
+
+// Issues O += P V over the tile's 64 keys (four k-steps of 16 keys, 2 KB apart); dv: mn_major of the V stage.
 template <typename T, int DP>
-__device__ __forceinline__ void issue_pv(float (&o)[1][DP / 8][4], const uint32_t (&a)[4][4], uint32_t v_addr) {
+__device__ __forceinline__ void issue_pv(float (&o)[1][DP / 8][4], const uint32_t (&a)[4][4], const wgmma::Desc& dv) {
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) wgmma::mma_rs<T, DP>(&o[0][0][0], a[kk], wgmma::desc(v_addr + kk * 2048, 8192, 1024));
+  for (int kk = 0; kk < 4; ++kk) wgmma::mma_rs<T, DP>(&o[0][0][0], a[kk], dv + kk * 2048);
 }
 
 // Where a warp's bias inputs sit in shared memory (all null without the bias): the time tables, the position-bias
@@ -160,7 +165,8 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
   int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
   float* sPos = reinterpret_cast<float*>(smem + L.pos);
   LogBin<float>* bins = reinterpret_cast<LogBin<float>*>(smem + L.bins);
-  const int lane = threadIdx.x & 31, wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+  const int wg = __shfl_sync(0xffffffffu, threadIdx.x >> 7, 0);  // known warp-uniform: descriptors stay scalar
   const int r_off = 64 * wg + 16 * warp;  // this warp's first row in the block
 
   Work wk;
@@ -187,7 +193,8 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
     return BiasView{tb, bins, sPos + st * (BM + BN) + BM - 1 - r_off, sQts + r_off, sKts + st * BN};
   };
 
-  const uint32_t q_addr = smem_addr(sQ) + 64 * wg * 128, k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+  const wgmma::Desc q_km = k_major(smem_addr(sQ) + 64 * wg * 128), k_km = k_major(smem_addr(sK)),
+                    v_mn = mn_major(smem_addr(sV));
   float o[1][OT][4];
   zero(o);
   // This warpgroup's own keys (a causal diagonal block's first warpgroup skips the last key tile).
@@ -204,14 +211,14 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
       float s[1][8][4];
       uint32_t a[4][4];
       wgmma::fence();
-      issue_s<T, DP, BM>(s, q_addr, k_addr + st * C::kKvBytes);
+      issue_s<T, DP, BM>(s, q_km, k_km.shifted(st * C::kKvBytes));
       wgmma::commit();
       wgmma::wait<0>();
       wgmma::fence_operands<32>(&s[0][0][0]);
       silu_to_p<T, kBias>(s, a, pw, bias_view(st), m, tile_full(m, w0, w0 + 64, n0, n0 + BN), w0 + 16 * warp, n0,
                           lane);
       wgmma::fence();
-      issue_pv<T, DP>(o, a, v_addr + st * C::kKvBytes);
+      issue_pv<T, DP>(o, a, v_mn.shifted(st * C::kKvBytes));
       wgmma::commit();
       wgmma::wait<0>();  // V's stage is overwritten after the next barrier
       wgmma::fence_operands<OT * 4>(&o[0][0][0]);
