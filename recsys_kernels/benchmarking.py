@@ -22,6 +22,7 @@ import torch
 
 # Larger than any current GPU's L2 (H100: 50 MB, B200: 126 MB), so zeroing it evicts the last call's data.
 _L2_FLUSH_BYTES = 256 * 2**20
+_WARMUP_S = 0.2
 
 
 def _sync(device: torch.device) -> None:
@@ -51,8 +52,15 @@ def time_ms(fn: Callable[..., Any], *, device: torch.device | str, warmup: int =
         a = (i % rotate,) if rotate else ()
         return (setup(*a),) if setup is not None else a
 
-    for i in range(warmup):
+    # At least `warmup` calls and _WARMUP_S of them: after a heavy case an H100 ran the next ~60 calls of a
+    # 0.1 ms kernel at ~1 ms each (whichever kernel came first), which ten calls did not cover.
+    i, t0 = 0, time.perf_counter()
+    while i < warmup or (warmup > 0 and time.perf_counter() - t0 < _WARMUP_S):
         fn(*args(i))
+        i += 1
+        if i >= warmup:
+            _sync(device)
+    warmup = i
     if device.type == "cuda":
         with torch.cuda.device(device):
             flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)

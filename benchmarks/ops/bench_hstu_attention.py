@@ -6,8 +6,9 @@
 Shapes (issue 3): (B, N, H, d) in {(64, 1024, 4, 128), (32, 2048, 4, 128), (16, 4096, 4, 128), (256, 256, 4, 128),
 (64, 1024, 4, 64), (128, 256, 2, 64)}, each with the relative bias off and on. Sequence lengths uniform in
 [0.9 N, N] (fixed seed per shape, so the FLOP count matches the inputs), alpha = 1 / d, causal.
-Providers: reference (eager), reference-compiled, triton, cuda, cuda-mma (the CUDA backend with its mma.sync forward,
-dK/dV and dQ kernels instead of the sm_90a wgmma ones an H100 runs), cpu. The backward modes differentiate q, k, v
+Providers: reference (eager), reference-compiled, triton, cuda, cuda-cpasync (the CUDA backend's wgmma kernels loading
+by cp.async instead of TMA), cuda-mma (the CUDA backend with its mma.sync forward, dK/dV and dQ kernels instead of the
+sm_90a wgmma ones an H100 runs), cpu. The backward modes differentiate q, k, v
 (the bias tables, when on, are inputs without gradients; their gradient costs a small reduction).
 
 FLOPs as generative-recommenders counts them (a causal mask halves the work):
@@ -29,6 +30,7 @@ from recsys_kernels.reference import hstu_attention as reference
 OP = "hstu_attention"
 NUM_BUCKETS = 128
 WGMMA_SWITCH = "RECSYS_KERNELS_HSTU_WGMMA"
+TMA_SWITCH = "RECSYS_KERNELS_HSTU_TMA"
 
 
 def lengths(shape: dict[str, int]) -> torch.Tensor:
@@ -103,8 +105,13 @@ def providers() -> list[harness.Provider]:
         p = backend("cuda")
         return harness.Provider("cuda-mma", p.factory, p.unavailable, env={WGMMA_SWITCH: "0"})
 
+    def cuda_cp_async() -> harness.Provider:
+        """The CUDA backend with RECSYS_KERNELS_HSTU_TMA=0: the wgmma kernels load their tiles by cp.async."""
+        p = backend("cuda")
+        return harness.Provider("cuda-cpasync", p.factory, p.unavailable, env={TMA_SWITCH: "0"})
+
     return [backend("reference"), compiled_reference(), backend("triton"), backend("cuda"),
-            cuda_mma(), backend("cpu")]
+            cuda_cp_async(), cuda_mma(), backend("cpu")]
 
 
 SHAPES = [dict(B=B, N=N, H=H, d=d, bias=bias) for (B, N, H, d) in

@@ -32,6 +32,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
+#include <cudaTypedefs.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -42,6 +43,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -940,6 +942,61 @@ bool use_wgmma(const Params<acc_t<T>>& p, const at::Device& device) {
   return false;
 }
 
+#ifdef RECSYS_KERNELS_SM90A
+// The driver's TMA map encoder, looked up once through the runtime (the extension does not link libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr,
+                "hstu_attention (CUDA): the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A TMA map over an (L, H, D) tensor of 16-bit values whose rows lie ld elements apart: boxes of 64 rows x 64
+// columns of one head, 128-byte swizzled as the wgmma kernels' tiles (common/wgmma.cuh).
+template <typename T>
+CUtensorMap head_tile_map(const void* base, int64_t L, int64_t H, int64_t D, int64_t ld) {
+  static_assert(sizeof(T) == 2, "16-bit values");
+  CUtensorMap map;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(H), static_cast<cuuint64_t>(L)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(ld) * 2};  // bytes
+  const cuuint32_t box[3] = {64, 1, 64}, steps[3] = {1, 1, 1};
+  const CUresult r = tensor_map_encoder()(
+      &map, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+      const_cast<void*>(base), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "hstu_attention (CUDA): encoding a TMA map failed (CUresult ", static_cast<int>(r),
+              ")");
+  return map;
+}
+#endif
+
+// The TMA maps of q, k, v and dO (when given) if the wgmma kernels are to load by TMA: 16-byte rows (p.vec), row
+// indices in 32 bits, and RECSYS_KERNELS_HSTU_TMA not 0 (read every call, for comparisons); else none, and they
+// load by cp.async.
+template <typename T, typename A>
+std::optional<tma::Maps> tma_maps(const Params<A>& p, const HstuShape& s) {
+#ifdef RECSYS_KERNELS_SM90A
+  if constexpr (sizeof(T) != 2) return std::nullopt;  // (only the wgmma kernels' fp16 / bf16 call this)
+  const char* env = std::getenv("RECSYS_KERNELS_HSTU_TMA");
+  if (!p.vec || s.L == 0 || s.L >= std::numeric_limits<int32_t>::max() || (env != nullptr && env[0] == '0')) {
+    return std::nullopt;
+  }
+  tma::Maps maps{};
+  maps.q = head_tile_map<T>(p.q, s.L, s.H, s.Dqk, p.ldq);
+  maps.k = head_tile_map<T>(p.k, s.L, s.H, s.Dqk, p.ldq);
+  maps.v = head_tile_map<T>(p.v, s.L, s.H, s.Dv, p.ldv);
+  if (p.dout != nullptr) maps.dout = head_tile_map<T>(p.dout, s.L, s.H, s.Dv, p.ldv);
+  return maps;
+#else
+  return std::nullopt;
+#endif
+}
+
 template <typename T, int DP, bool kBias>
 void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& device) {
   using C = Cfg<T, DP, kBias>;
@@ -964,7 +1021,11 @@ void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& devi
     p.work = up.on_device<Work>(work_slot);
   }
   if constexpr (kTensorCores<T> && DP <= 128) {
-    if (hopper) return launch(hstu_fwd_wgmma_kernel<T, DP, kBias>, work.size(), WgmmaFwd<DP>::kThreads, smem, p, iw);
+    if (hopper) {
+      const auto maps = tma_maps<T>(p, in.s);
+      const auto kernel = maps ? hstu_fwd_wgmma_kernel<T, DP, kBias, true> : hstu_fwd_wgmma_kernel<T, DP, kBias, false>;
+      return launch(kernel, work.size(), WgmmaFwd<DP>::kThreads, smem, p, iw, maps.value_or(tma::Maps{}));
+    }
   }
   launch(hstu_fwd_kernel<T, DP, kBias>, work.size(), C::kThreads, smem, p, iw);
 }
@@ -1030,8 +1091,12 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     if constexpr (kTensorCores<T> && DP <= 128) {
       if (use_wgmma<T, DP>(p, dev)) {
         const size_t smem = WgmmaKvSmem<DP>(p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos).total;
-        const auto kernel = bias ? hstu_dkdv_wgmma_kernel<T, DP, true> : hstu_dkdv_wgmma_kernel<T, DP, false>;
-        return launch(kernel, kv_work.size(), WgmmaKv<DP>::kThreads, smem, pk);
+        const auto maps = tma_maps<T>(p, s);
+        const auto kernel = bias ? (maps ? hstu_dkdv_wgmma_kernel<T, DP, true, true>
+                                         : hstu_dkdv_wgmma_kernel<T, DP, true, false>)
+                                 : (maps ? hstu_dkdv_wgmma_kernel<T, DP, false, true>
+                                         : hstu_dkdv_wgmma_kernel<T, DP, false, false>);
+        return launch(kernel, kv_work.size(), WgmmaKv<DP>::kThreads, smem, pk, maps.value_or(tma::Maps{}));
       }
     }
     auto layout = [&](int stages) {
@@ -1078,7 +1143,10 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
       // (Written to hold for every T: the compiler checks it outside this branch too.)
       static_assert(!kTensorCores<T> || WgmmaDq<DP>::BM == BM, "the wgmma dQ kernel takes the mma.sync work list");
       if (use_wgmma<T, DP>(p, dev)) {
-        return launch(hstu_dq_wgmma_kernel<T, DP>, work.size(), WgmmaDq<DP>::kThreads, WgmmaDqSmem<DP>().total, p);
+        const auto maps = tma_maps<T>(p, s);
+        const auto kernel = maps ? hstu_dq_wgmma_kernel<T, DP, true> : hstu_dq_wgmma_kernel<T, DP, false>;
+        return launch(kernel, work.size(), WgmmaDq<DP>::kThreads, WgmmaDqSmem<DP>().total, p,
+                      maps.value_or(tma::Maps{}));
       }
     }
     const auto kernel = hstu_dq_kernel<T, DP, kBias>;

@@ -30,7 +30,7 @@ struct WgmmaKv {
 // KvSmem.
 template <int DP>
 struct WgmmaKvSmem {
-  size_t k, v, q, dout, qts, kts, tb, bins, pos, total;
+  size_t k, v, q, dout, bars, qts, kts, tb, bins, pos, total;
   __host__ __device__ WgmmaKvSmem(bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
     using C = WgmmaKv<DP>;
     Carve c;
@@ -38,6 +38,7 @@ struct WgmmaKvSmem {
     v = c.take(C::kTileBytes);
     q = c.take(C::kStages * C::kTileBytes);
     dout = c.take(C::kStages * C::kTileBytes);
+    bars = c.take((1 + C::kStages) * sizeof(uint64_t));  // TMA loads' mbarriers: K and V, then one a Q / dO stage
     qts = c.take(time ? C::kStages * C::BM * 8 : 0);
     kts = c.take(time ? C::BN * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(float) : 0);
@@ -47,8 +48,10 @@ struct WgmmaKvSmem {
   }
 };
 
-template <typename T, int DP, bool kBias>
-__global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kernel(const Params<float> params) {
+// kTma: K, V, Q and dO arrive by TMA (maps) instead of cp.async.
+template <typename T, int DP, bool kBias, bool kTma>
+__global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
+    hstu_dkdv_wgmma_kernel(const Params<float> params, const __grid_constant__ tma::Maps maps) {
 #if RECSYS_WGMMA_ENABLED
   using C = WgmmaKv<DP>;
   constexpr int BN = C::BN, BM = C::BM, OT = DP / 8, LDO = C::kOutLd, TB = C::kTileBytes;
@@ -65,6 +68,7 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
   float* sPos = reinterpret_cast<float*>(smem + L.pos);
   LogBin<float>* bins = reinterpret_cast<LogBin<float>*>(smem + L.bins);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars);  // [0]: K and V, [1 + st]: Q / dO stage st
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   const Work wk = p.work[blockIdx.x];
@@ -77,14 +81,31 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   const int nmb = (m.n + BM - 1) / BM;
   auto next_block = [&](int mb) { return next_query_block<BM>(m, mb, n0, n1); };
   auto load_q = [&](int mb, int st) {
-    load_tile_swizzled<T, BM, DP, C::kThreads>(sQ + st * TB, rows.q, p.ldq, mb * BM, m.n, p.Dqk);
-    load_tile_swizzled<T, BM, DP, C::kThreads>(sO + st * TB, rows.dout, p.ldv, mb * BM, m.n, p.Dv);
+    if constexpr (kTma) {
+      if (threadIdx.x == 0) {
+        tma::arrive_expect_bytes(bars + 1 + st, 2 * TB);
+        tma_tile<BM, DP>(sQ + st * TB, &maps.q, bars + 1 + st, sq.start + mb * BM, wk.h);
+        tma_tile<BM, DP>(sO + st * TB, &maps.dout, bars + 1 + st, sq.start + mb * BM, wk.h);
+      }
+    } else {
+      load_tile_swizzled<T, BM, DP, C::kThreads>(sQ + st * TB, rows.q, p.ldq, mb * BM, m.n, p.Dqk);
+      load_tile_swizzled<T, BM, DP, C::kThreads>(sO + st * TB, rows.dout, p.ldv, mb * BM, m.n, p.Dv);
+    }
     if (pw.has_time) load_ts<BM>(sQts + st * BM, rows.ts, mb * BM, m.n, true);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
     cp_async_commit();
   };
-  load_tile_swizzled<T, BN, DP, C::kThreads>(sK, rows.k, p.ldq, n0, m.n, p.Dqk);
-  load_tile_swizzled<T, BN, DP, C::kThreads>(sV, rows.v, p.ldv, n0, m.n, p.Dv);
+  if constexpr (kTma) {
+    init_tma_barriers(bars, 1 + C::kStages);
+    if (threadIdx.x == 0) {
+      tma::arrive_expect_bytes(bars, 2 * TB);
+      tma_tile<BN, DP>(sK, &maps.k, bars, sq.start + n0, wk.h);
+      tma_tile<BN, DP>(sV, &maps.v, bars, sq.start + n0, wk.h);
+    }
+  } else {
+    load_tile_swizzled<T, BN, DP, C::kThreads>(sK, rows.k, p.ldq, n0, m.n, p.Dqk);
+    load_tile_swizzled<T, BN, DP, C::kThreads>(sV, rows.v, p.ldv, n0, m.n, p.Dv);
+  }
   if (pw.has_time) load_ts<BN>(sKts, rows.ts, n0, m.n, false);
   int mb = next_block(0);
   if (mb < nmb) load_q(mb, 0);
@@ -97,9 +118,17 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2) hstu_dkdv_wgmma_kern
   float dk[1][OT][4], dv[1][OT][4];
   zero(dk);
   zero(dv);
+  if constexpr (kTma) tma::wait(bars, 0);
   for (int it = 0; mb < nmb; ++it) {
     // One barrier a tile (as the forward's): tile mb is in, the other stage is free for the next block.
     const int st = it & 1, nxt = next_block(mb + 1), m0 = mb * BM;
+    if constexpr (kTma) {
+      tma::wait(bars + 1 + st, (it >> 1) & 1);
+      if (m0 + BM > m.n) {  // Pᵀ = dSᵀ = 0 there, Q and dO need not be
+        zero_rows<BM, DP, C::kThreads>(sQ + st * TB, m.n - m0);
+        zero_rows<BM, DP, C::kThreads>(sO + st * TB, m.n - m0);
+      }
+    }
     cp_async_wait<0>();
     wgmma::fence_proxy_async();
     __syncthreads();

@@ -29,7 +29,7 @@ struct WgmmaDq {
 // multiple of 1024 bytes, so each stays aligned).
 template <int DP>
 struct WgmmaDqSmem {
-  size_t q, dout, k, v, total;
+  size_t q, dout, k, v, bars, total;
   __host__ __device__ WgmmaDqSmem() {
     using C = WgmmaDq<DP>;
     Carve c;
@@ -37,12 +37,15 @@ struct WgmmaDqSmem {
     dout = c.take(C::kTileBytes);
     k = c.take(C::kStages * C::kTileBytes);
     v = c.take(C::kStages * C::kTileBytes);
+    bars = c.take((1 + C::kStages) * sizeof(uint64_t));  // TMA loads' mbarriers: Q and dO, then one a K / V stage
     total = 1024 + c.top;
   }
 };
 
-template <typename T, int DP>
-__global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel(const Params<float> params) {
+// kTma: Q, dO, K and V arrive by TMA (maps) instead of cp.async.
+template <typename T, int DP, bool kTma>
+__global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
+    hstu_dq_wgmma_kernel(const Params<float> params, const __grid_constant__ tma::Maps maps) {
 #if RECSYS_WGMMA_ENABLED
   using C = WgmmaDq<DP>;
   constexpr int BN = C::BN, BM = C::BM, OT = DP / 8, LDO = C::kOutLd, TB = C::kTileBytes;
@@ -55,6 +58,7 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
   unsigned char* sO = smem + L.dout;
   unsigned char* sK = smem + L.k;
   unsigned char* sV = smem + L.v;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars);  // [0]: Q and dO, [1 + st]: K / V stage st
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   const Work wk = p.work[blockIdx.x];
@@ -65,22 +69,44 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2) hstu_dq_wgmma_kernel
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
-  load_tile_swizzled<T, BM, DP, C::kThreads>(sO, rows.dout, p.ldv, m0, m.n, p.Dv);
+  if constexpr (kTma) {
+    init_tma_barriers(bars, 1 + C::kStages);
+    if (threadIdx.x == 0) {
+      tma::arrive_expect_bytes(bars, 2 * TB);
+      tma_tile<BM, DP>(sQ, &maps.q, bars, sq.start + m0, wk.h);
+      tma_tile<BM, DP>(sO, &maps.dout, bars, sq.start + m0, wk.h);
+    }
+  } else {
+    load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
+    load_tile_swizzled<T, BM, DP, C::kThreads>(sO, rows.dout, p.ldv, m0, m.n, p.Dv);
+  }
   auto load_kv = [&](int kb, int st) {
-    load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * TB, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
-    load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * TB, rows.v, p.ldv, kb * BN, m.n, p.Dv);
+    if constexpr (kTma) {
+      if (threadIdx.x == 0) {
+        tma::arrive_expect_bytes(bars + 1 + st, 2 * TB);
+        tma_tile<BN, DP>(sK + st * TB, &maps.k, bars + 1 + st, sq.start + kb * BN, wk.h);
+        tma_tile<BN, DP>(sV + st * TB, &maps.v, bars + 1 + st, sq.start + kb * BN, wk.h);
+      }
+    } else {
+      load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * TB, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
+      load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * TB, rows.v, p.ldv, kb * BN, m.n, p.Dv);
+    }
     cp_async_commit();
   };
-  load_kv(kb0, 0);
+  if (kb0 < kb1) load_kv(kb0, 0);
 
   const wgmma::Desc q_km = k_major(smem_addr(sQ)), o_km = k_major(smem_addr(sO)), k_km = k_major(smem_addr(sK)),
                     v_km = k_major(smem_addr(sV)), k_mn = mn_major(smem_addr(sK));
   float dq[1][OT][4];
   zero(dq);
+  if constexpr (kTma) tma::wait(bars, 0);
   for (int kb = kb0; kb < kb1; ++kb) {
     // One barrier a tile (as the forward's): tile kb is in, the other stage is free for tile kb + 1.
     const int st = (kb - kb0) & 1, n0 = kb * BN;
+    if constexpr (kTma) {
+      tma::wait(bars + 1 + st, ((kb - kb0) >> 1) & 1);
+      if (n0 + BN > m.n) zero_rows<BN, DP, C::kThreads>(sK + st * TB, m.n - n0);  // dS = 0 there, K need not be
+    }
     cp_async_wait<0>();
     wgmma::fence_proxy_async();
     __syncthreads();

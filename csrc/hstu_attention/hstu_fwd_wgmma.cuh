@@ -15,6 +15,7 @@
 // overlap, S of tile j issued with P V of tile j - 1, needs a third stage and more registers, hence one block an
 // SM: 26% slower on the H100 at B 64, N 1024, H 4, d 128, benchmarks/RESULTS.md.)
 #pragma once
+#include "common/tma.cuh"
 #include "common/wgmma.cuh"
 
 namespace recsys {
@@ -36,13 +37,14 @@ struct WgmmaFwd {
 // (as FwdSmem).
 template <int DP>
 struct WgmmaFwdSmem {
-  size_t q, k, v, qts, kts, tb, bins, pos, total;
+  size_t q, k, v, bars, qts, kts, tb, bins, pos, total;
   __host__ __device__ WgmmaFwdSmem(bool time, bool tb_smem, bool log_bins, int nbins, bool pos_bias) {
     using C = WgmmaFwd<DP>;
     Carve c;
     q = c.take(C::kQBytes);
     k = c.take(C::kStages * C::kKvBytes);
     v = c.take(C::kStages * C::kKvBytes);
+    bars = c.take((1 + C::kStages) * sizeof(uint64_t));  // TMA loads' mbarriers: Q, then one a K / V stage
     qts = c.take(time ? C::BM * 8 : 0);
     kts = c.take(time ? C::kStages * C::BN * 8 : 0);
     tb = c.take(tb_smem ? nbins * sizeof(float) : 0);
@@ -71,6 +73,40 @@ __device__ __forceinline__ void load_tile_swizzled(unsigned char* s, const T* x,
     const bool ok = i * RSTEP < rows;
     cp_async<16>(dst + i * RSTEP * 128, ok ? src : x, ok);
     src += step;
+  }
+}
+
+// The TMA form of load_tile_swizzled, issued by one thread: rows [row, row + R) (row: in the whole (L, H, D)
+// tensor) of head h through map, as R / 64 x DP / 64 boxes of 64 x 64 completing on bar (R * DP * 2 bytes).
+// Rows past L and columns past D arrive as zeros; rows of the next sequences arrive as they are (zero_rows).
+template <int R, int DP>
+__device__ __forceinline__ void tma_tile(unsigned char* s, const CUtensorMap* map, uint64_t* bar, int64_t row, int h) {
+#pragma unroll
+  for (int cb = 0; cb < DP / 64; ++cb)
+#pragma unroll
+    for (int rb = 0; rb < R / 64; ++rb)
+      tma::load_3d(s + cb * R * 128 + rb * 64 * 128, map, bar, cb * 64, h, static_cast<int>(row) + rb * 64);
+}
+
+// n mbarriers of one arrival each for a block's TMA loads, initialised by thread 0 and published by a barrier.
+__device__ __forceinline__ void init_tma_barriers(uint64_t* bars, int n) {
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < n; ++i) tma::mbar_init(bars + i, 1);
+    tma::fence_mbar_init();
+  }
+  __syncthreads();
+}
+
+// Zeroes rows [lim, R) of a swizzled tile of 16-bit values (whole rows, so the swizzle does not matter), by a
+// block of NT threads. A TMA tile that runs past its sequence holds the next sequence's rows: P V multiplies
+// them by P = 0, which is 0 only for finite values.
+template <int R, int DP, int NT>
+__device__ __forceinline__ void zero_rows(unsigned char* s, int lim) {
+  constexpr int CPR = DP / 8;
+  lim = max(lim, 0);
+  for (int i = threadIdx.x; i < (R - lim) * CPR; i += NT) {
+    const int r = lim + i / CPR, c = i % CPR;
+    *reinterpret_cast<uint4*>(s + (c / 8) * R * 128 + r * 128 + (c % 8) * 16) = make_uint4(0u, 0u, 0u, 0u);
   }
 }
 
@@ -147,9 +183,11 @@ __device__ __forceinline__ void store_acc_tile(T* out, int64_t ldg, T* stage, in
   store_tile<T, BM, DP, LDO>(out, stage, ldg, m0, n, 0, D, true);
 }
 
-template <typename T, int DP, bool kBias>
+// kTma: Q, K and V arrive by TMA (maps.q / k / v) instead of cp.async.
+template <typename T, int DP, bool kBias, bool kTma>
 __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksPerSm)
-    hstu_fwd_wgmma_kernel(const Params<float> params, const __grid_constant__ InlineWork iw) {
+    hstu_fwd_wgmma_kernel(const Params<float> params, const __grid_constant__ InlineWork iw,
+                          const __grid_constant__ tma::Maps maps) {
 #if RECSYS_WGMMA_ENABLED
   using C = WgmmaFwd<DP>;
   constexpr int BM = C::BM, BN = C::BN, OT = DP / 8, LDO = C::kOutLd;
@@ -165,6 +203,7 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
   int64_t* sKts = reinterpret_cast<int64_t*>(smem + L.kts);
   float* sPos = reinterpret_cast<float*>(smem + L.pos);
   LogBin<float>* bins = reinterpret_cast<LogBin<float>*>(smem + L.bins);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars);  // [0]: Q, [1 + st]: K / V stage st
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
   const int wg = __shfl_sync(0xffffffffu, threadIdx.x >> 7, 0);  // known warp-uniform: descriptors stay scalar
   const int r_off = 64 * wg + 16 * warp;  // this warp's first row in the block
@@ -177,16 +216,32 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
+  if constexpr (kTma) {
+    init_tma_barriers(bars, 1 + C::kStages);
+    if (threadIdx.x == 0) {
+      tma::arrive_expect_bytes(bars, C::kQBytes);
+      tma_tile<BM, DP>(sQ, &maps.q, bars, sq.start + m0, wk.h);
+    }
+  } else {
+    load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
+  }
   if (pw.has_time) load_ts<BM>(sQts, rows.ts, m0, m.n, true);
   auto load_kv = [&](int kb, int st) {
-    load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * C::kKvBytes, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
-    load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * C::kKvBytes, rows.v, p.ldv, kb * BN, m.n, p.Dv);
+    if constexpr (kTma) {
+      if (threadIdx.x == 0) {
+        tma::arrive_expect_bytes(bars + 1 + st, 2 * C::kKvBytes);
+        tma_tile<BN, DP>(sK + st * C::kKvBytes, &maps.k, bars + 1 + st, sq.start + kb * BN, wk.h);
+        tma_tile<BN, DP>(sV + st * C::kKvBytes, &maps.v, bars + 1 + st, sq.start + kb * BN, wk.h);
+      }
+    } else {
+      load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * C::kKvBytes, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
+      load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * C::kKvBytes, rows.v, p.ldv, kb * BN, m.n, p.Dv);
+    }
     if (pw.has_time) load_ts<BN>(sKts + st * BN, rows.ts, kb * BN, m.n, false);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
   };
-  load_kv(kb0, 0);
+  if (kb0 < kb1) load_kv(kb0, 0);
   // After the first copies are issued, so that the tables' global reads overlap them.
   const float* tb = time_table(p, reinterpret_cast<float*>(smem + L.tb), bins);
   auto bias_view = [&](int st) {
@@ -197,12 +252,17 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
                     v_mn = mn_major(smem_addr(sV));
   float o[1][OT][4];
   zero(o);
+  if constexpr (kTma) tma::wait(bars, 0);
   // This warpgroup's own keys (a causal diagonal block's first warpgroup skips the last key tile).
   const Span wspan = w0 < m.n ? key_span(m, w0, min(w0 + 64, m.n)) : Span{0, 0};
   for (int kb = kb0; kb < kb1; ++kb) {
     // One barrier a tile: after it, tile kb is in shared memory for everyone and every warpgroup is done with tile
     // kb - 1, whose stage then takes tile kb + 1 while this one is computed.
     const int st = (kb - kb0) & 1, n0 = kb * BN;
+    if constexpr (kTma) {
+      tma::wait(bars + 1 + st, ((kb - kb0) >> 1) & 1);
+      if (n0 + BN > m.n) zero_rows<BN, DP, C::kThreads>(sV + st * C::kKvBytes, m.n - n0);
+    }
     cp_async_wait<0>();
     wgmma::fence_proxy_async();
     __syncthreads();

@@ -558,17 +558,20 @@ def test_cuda_forward_backward_bit_identical(dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("switch", [None, "0"], ids=["wgmma", "mma"])
+@pytest.mark.parametrize("switch", [None, "tma0", "0"], ids=["wgmma", "wgmma-cpasync", "mma"])
 @pytest.mark.parametrize("config", ["targets-context-window", "targets-context-window-bias"])
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64), (64, 120)], ids=lambda d: f"{d[0]}x{d[1]}")
 def test_hopper_kernels_run_and_match_float64(dims, config, switch, monkeypatch):
     """On an sm_90 GPU the 16-bit CUDA op with head dims in 16-byte rows runs the wgmma forward and dK / dV kernels,
-    and the wgmma dQ kernel without the bias (seen in the profiler); RECSYS_KERNELS_HSTU_WGMMA=0 brings back the
-    mma.sync ones. The output and every gradient match float64 either way."""
+    and the wgmma dQ kernel without the bias (seen in the profiler), loading their tiles by TMA or, under
+    RECSYS_KERNELS_HSTU_TMA=0, by cp.async; RECSYS_KERNELS_HSTU_WGMMA=0 brings back the mma.sync ones. The output
+    and every gradient match float64 either way."""
     require_backend(OP, "cuda", "cuda")
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernels run on sm_90 only")
-    if switch is not None:
+    if switch == "tma0":
+        monkeypatch.setenv("RECSYS_KERNELS_HSTU_TMA", "0")
+    elif switch is not None:
         monkeypatch.setenv("RECSYS_KERNELS_HSTU_WGMMA", switch)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         check_long_case(long_case(torch.bfloat16, *dims, config), "cuda", "cuda")
