@@ -563,9 +563,9 @@ def test_cuda_forward_backward_bit_identical(dtype):
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64), (64, 120)], ids=lambda d: f"{d[0]}x{d[1]}")
 def test_hopper_kernels_run_and_match_float64(dims, config, switch, monkeypatch):
     """On an sm_90 GPU the 16-bit CUDA op with head dims in 16-byte rows runs the wgmma forward and dK / dV kernels,
-    and the wgmma dQ kernel without the bias (seen in the profiler), loading their tiles by TMA or, under
-    RECSYS_KERNELS_HSTU_TMA=0, by cp.async; RECSYS_KERNELS_HSTU_WGMMA=0 brings back the mma.sync ones. The output
-    and every gradient match float64 either way."""
+    and the wgmma dQ kernel without the bias (seen in the profiler), loading their tiles by TMA (dK / dV with the
+    bias: cp.async) or, under RECSYS_KERNELS_HSTU_TMA=0, all by cp.async; RECSYS_KERNELS_HSTU_WGMMA=0 brings back
+    the mma.sync ones. The output and every gradient match float64 either way."""
     require_backend(OP, "cuda", "cuda")
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernels run on sm_90 only")
