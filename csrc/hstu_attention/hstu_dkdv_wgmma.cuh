@@ -4,12 +4,13 @@
 // loaders and issue helpers it uses.
 //
 // One warpgroup a block (its 4 warps own 16 keys each, as in hstu_dkdv_kernel). K and V stay in shared memory;
-// query tiles of 64 rows of Q and dO stream through two cp.async stages, all in the 128-byte-swizzled layout. Per
-// query tile: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ from shared memory; the pointwise part (for_each_score with keys as rows)
-// gives Pᵀ and dSᵀ in registers; then dV += Pᵀ dO and dK += dSᵀ Q with dO and Q read transposed (MN-major), as V
-// in the forward. Registers: dK + dV (DP a thread) + Sᵀ + dPᵀ (64), within the 255 of two blocks an SM. Each step
-// waits for its products: overlapping the pointwise part with dPᵀ and dV (two commit groups) gained nothing on the
-// H100 (RESULTS.md, twenty-first session; presumably the SM's other warpgroup already fills those gaps).
+// query tiles of 64 rows of Q and dO stream through two stages (TMA, or cp.async with the bias), 128-byte swizzled.
+// Per query tile: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ from shared memory; the pointwise part (for_each_score with keys as
+// rows) gives Pᵀ and dSᵀ in registers; then dV += Pᵀ dO and dK += dSᵀ Q with dO and Q read transposed (MN-major),
+// as V in the forward. Registers: dK + dV (DP a thread) + Sᵀ + dPᵀ (64), within the 255 of two blocks an SM. Each
+// step waits for its products: overlapping the pointwise part with dPᵀ and dV (two commit groups) gained nothing on
+// the H100 (RESULTS.md, twenty-first session; presumably the SM's other warpgroup already fills those gaps).
+
 #pragma once
 #include "hstu_attention/hstu_fwd_wgmma.cuh"
 

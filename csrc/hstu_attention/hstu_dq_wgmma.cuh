@@ -6,10 +6,10 @@
 // B 64, N 1024, H 4, d 128 on the H100, as their shared memory left one warpgroup an SM (RESULTS.md).
 //
 // One warpgroup a block (its 4 warps own 16 query rows each, as in hstu_dq_kernel). Q and dO stay in shared memory;
-// K / V tiles of 64 keys stream through two cp.async stages, all in the 128-byte-swizzled layout. Per key tile:
-// S = Q Kᵀ and dP = dO Vᵀ from shared memory, the pointwise part (for_each_score) gives dS in registers, then
-// dQ += dS K with K read as an MN-major operand (as V in the forward). Registers: dQ (DP / 2 a thread) + S + dP
-// (64) + dS (16), within the 255 of two blocks an SM.
+// K / V tiles of 64 keys stream through two stages (TMA or cp.async, as the forward's), all 128-byte swizzled. Per
+// key tile: S = Q Kᵀ and dP = dO Vᵀ from shared memory, the pointwise part (for_each_score) gives dS in registers,
+// then dQ += dS K with K read as an MN-major operand (as V in the forward). Registers: dQ (DP / 2 a thread) + S +
+// dP (64) + dS (16), within the 255 of two blocks an SM.
 #pragma once
 #include "hstu_attention/hstu_fwd_wgmma.cuh"
 

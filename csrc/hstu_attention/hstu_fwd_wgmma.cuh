@@ -3,13 +3,14 @@
 // Included by hstu_attention_cuda.cu, whose Params / InlineWork / for_each_score it uses.
 //
 // A block is two warpgroups of 64 query rows each (128 rows, as the mma.sync forward's block). Q, and K and V in
-// cp.async stages of 64 keys, sit in shared memory in the 128-byte-swizzled layout (common/wgmma.cuh), so
+// two stages of 64 keys, sit in shared memory in the 128-byte-swizzled layout (common/wgmma.cuh), loaded by TMA
+// (common/tma.cuh; by cp.async under RECSYS_KERNELS_HSTU_TMA=0), so
 // S = Q Kᵀ reads both operands straight from shared memory (no ldmatrix, no registers for Q) and O += P V takes
 // P from registers: the wgmma accumulator layout of each warp's 16 rows is the mma.sync m16n8 C layout, so
 // for_each_score (mask, relative bias from the tables and timestamps staged as in hstu_fwd_kernel, SiLU) and the P
 // packing are the mma.sync forward's, with 16 query rows a warp.
 //
-// Per key tile a warpgroup issues S, waits, applies the pointwise part, issues P V and waits; two cp.async stages.
+// Per key tile a warpgroup issues S, waits, applies the pointwise part, issues P V and waits; two stages.
 // O (DP / 2 registers) + S (32) + P (16) fit the 128 registers that keep two blocks (four warpgroups) on an SM,
 // and the SM overlaps one warpgroup's SiLU with another's tensor-core work. (FlashAttention-3's intra-warpgroup
 // overlap, S of tile j issued with P V of tile j - 1, needs a third stage and more registers, hence one block an
