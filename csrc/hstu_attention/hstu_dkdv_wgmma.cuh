@@ -81,32 +81,17 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
   // Query blocks whose key span meets this key block, in increasing order.
   const int nmb = (m.n + BM - 1) / BM;
   auto next_block = [&](int mb) { return next_query_block<BM>(m, mb, n0, n1); };
+  const TileSource<T> src_q{&maps.q, rows.q, p.ldq, p.Dqk}, src_o{&maps.dout, rows.dout, p.ldv, p.Dv},
+      src_k{&maps.k, rows.k, p.ldq, p.Dqk}, src_v{&maps.v, rows.v, p.ldv, p.Dv};
   auto load_q = [&](int mb, int st) {
-    if constexpr (kTma) {
-      if (threadIdx.x == 0) {
-        tma::arrive_expect_bytes(bars + 1 + st, 2 * TB);
-        tma_tile<BM, DP>(sQ + st * TB, &maps.q, bars + 1 + st, sq.start + mb * BM, wk.h);
-        tma_tile<BM, DP>(sO + st * TB, &maps.dout, bars + 1 + st, sq.start + mb * BM, wk.h);
-      }
-    } else {
-      load_tile_swizzled<T, BM, DP, C::kThreads>(sQ + st * TB, rows.q, p.ldq, mb * BM, m.n, p.Dqk);
-      load_tile_swizzled<T, BM, DP, C::kThreads>(sO + st * TB, rows.dout, p.ldv, mb * BM, m.n, p.Dv);
-    }
+    load_tile_pair<T, BM, DP, C::kThreads, kTma>(sQ + st * TB, src_q, sO + st * TB, src_o, bars + 1 + st, sq.start,
+                                                 wk.h, mb * BM, m.n);
     if (pw.has_time) load_ts<BM>(sQts + st * BM, rows.ts, mb * BM, m.n, true);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, mb * BM, n0, pw.N);
     cp_async_commit();
   };
-  if constexpr (kTma) {
-    init_tma_barriers(bars, 1 + C::kStages);
-    if (threadIdx.x == 0) {
-      tma::arrive_expect_bytes(bars, 2 * TB);
-      tma_tile<BN, DP>(sK, &maps.k, bars, sq.start + n0, wk.h);
-      tma_tile<BN, DP>(sV, &maps.v, bars, sq.start + n0, wk.h);
-    }
-  } else {
-    load_tile_swizzled<T, BN, DP, C::kThreads>(sK, rows.k, p.ldq, n0, m.n, p.Dqk);
-    load_tile_swizzled<T, BN, DP, C::kThreads>(sV, rows.v, p.ldv, n0, m.n, p.Dv);
-  }
+  if constexpr (kTma) init_tma_barriers(bars, 1 + C::kStages);
+  load_tile_pair<T, BN, DP, C::kThreads, kTma>(sK, src_k, sV, src_v, bars, sq.start, wk.h, n0, m.n);
   if (pw.has_time) load_ts<BN>(sKts, rows.ts, n0, m.n, false);
   int mb = next_block(0);
   if (mb < nmb) load_q(mb, 0);

@@ -69,28 +69,13 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
   const Span span = key_span(m, m0, min(m0 + BM, m.n));
   const int kb0 = span.lo / BN, kb1 = (span.hi + BN - 1) / BN;
 
-  if constexpr (kTma) {
-    init_tma_barriers(bars, 1 + C::kStages);
-    if (threadIdx.x == 0) {
-      tma::arrive_expect_bytes(bars, 2 * TB);
-      tma_tile<BM, DP>(sQ, &maps.q, bars, sq.start + m0, wk.h);
-      tma_tile<BM, DP>(sO, &maps.dout, bars, sq.start + m0, wk.h);
-    }
-  } else {
-    load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
-    load_tile_swizzled<T, BM, DP, C::kThreads>(sO, rows.dout, p.ldv, m0, m.n, p.Dv);
-  }
+  if constexpr (kTma) init_tma_barriers(bars, 1 + C::kStages);
+  const TileSource<T> src_q{&maps.q, rows.q, p.ldq, p.Dqk}, src_o{&maps.dout, rows.dout, p.ldv, p.Dv},
+      src_k{&maps.k, rows.k, p.ldq, p.Dqk}, src_v{&maps.v, rows.v, p.ldv, p.Dv};
+  load_tile_pair<T, BM, DP, C::kThreads, kTma>(sQ, src_q, sO, src_o, bars, sq.start, wk.h, m0, m.n);
   auto load_kv = [&](int kb, int st) {
-    if constexpr (kTma) {
-      if (threadIdx.x == 0) {
-        tma::arrive_expect_bytes(bars + 1 + st, 2 * TB);
-        tma_tile<BN, DP>(sK + st * TB, &maps.k, bars + 1 + st, sq.start + kb * BN, wk.h);
-        tma_tile<BN, DP>(sV + st * TB, &maps.v, bars + 1 + st, sq.start + kb * BN, wk.h);
-      }
-    } else {
-      load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * TB, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
-      load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * TB, rows.v, p.ldv, kb * BN, m.n, p.Dv);
-    }
+    load_tile_pair<T, BN, DP, C::kThreads, kTma>(sK + st * TB, src_k, sV + st * TB, src_v, bars + 1 + st, sq.start,
+                                                 wk.h, kb * BN, m.n);
     cp_async_commit();
   };
   if (kb0 < kb1) load_kv(kb0, 0);

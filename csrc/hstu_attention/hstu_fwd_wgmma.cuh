@@ -89,6 +89,35 @@ __device__ __forceinline__ void tma_tile(unsigned char* s, const CUtensorMap* ma
       tma::load_3d(s + cb * R * 128 + rb * 64 * 128, map, bar, cb * 64, h, static_cast<int>(row) + rb * 64);
 }
 
+// Where a head's rows of one tensor come from: its TMA map, and for cp.async the head's first row (of the sequence),
+// the row stride and the columns.
+template <typename T>
+struct TileSource {
+  const CUtensorMap* map;
+  const T* rows;
+  int64_t ld;
+  int D;
+};
+
+// Rows [r0, r0 + R) (of the n of the sequence that starts at row `start` of the whole tensor) of head h of two
+// tensors into the swizzled tiles sa and sb. kTma: thread 0 issues both on bar (2 R DP 16-bit values), which the
+// block then waits on; else every thread's cp.async share, which the caller commits.
+template <typename T, int R, int DP, int NT, bool kTma>
+__device__ __forceinline__ void load_tile_pair(unsigned char* sa, const TileSource<T>& a, unsigned char* sb,
+                                               const TileSource<T>& b, uint64_t* bar, int64_t start, int h, int r0,
+                                               int n) {
+  if constexpr (kTma) {
+    if (threadIdx.x == 0) {
+      tma::arrive_expect_bytes(bar, 2 * R * DP * 2);
+      tma_tile<R, DP>(sa, a.map, bar, start + r0, h);
+      tma_tile<R, DP>(sb, b.map, bar, start + r0, h);
+    }
+  } else {
+    load_tile_swizzled<T, R, DP, NT>(sa, a.rows, a.ld, r0, n, a.D);
+    load_tile_swizzled<T, R, DP, NT>(sb, b.rows, b.ld, r0, n, b.D);
+  }
+}
+
 // n mbarriers of one arrival each for a block's TMA loads, initialised by thread 0 and published by a barrier.
 __device__ __forceinline__ void init_tma_barriers(uint64_t* bars, int n) {
   if (threadIdx.x == 0) {
@@ -227,17 +256,10 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
     load_tile_swizzled<T, BM, DP, C::kThreads>(sQ, rows.q, p.ldq, m0, m.n, p.Dqk);
   }
   if (pw.has_time) load_ts<BM>(sQts, rows.ts, m0, m.n, true);
+  const TileSource<T> src_k{&maps.k, rows.k, p.ldq, p.Dqk}, src_v{&maps.v, rows.v, p.ldv, p.Dv};
   auto load_kv = [&](int kb, int st) {
-    if constexpr (kTma) {
-      if (threadIdx.x == 0) {
-        tma::arrive_expect_bytes(bars + 1 + st, 2 * C::kKvBytes);
-        tma_tile<BN, DP>(sK + st * C::kKvBytes, &maps.k, bars + 1 + st, sq.start + kb * BN, wk.h);
-        tma_tile<BN, DP>(sV + st * C::kKvBytes, &maps.v, bars + 1 + st, sq.start + kb * BN, wk.h);
-      }
-    } else {
-      load_tile_swizzled<T, BN, DP, C::kThreads>(sK + st * C::kKvBytes, rows.k, p.ldq, kb * BN, m.n, p.Dqk);
-      load_tile_swizzled<T, BN, DP, C::kThreads>(sV + st * C::kKvBytes, rows.v, p.ldv, kb * BN, m.n, p.Dv);
-    }
+    load_tile_pair<T, BN, DP, C::kThreads, kTma>(sK + st * C::kKvBytes, src_k, sV + st * C::kKvBytes, src_v,
+                                                 bars + 1 + st, sq.start, wk.h, kb * BN, m.n);
     if (pw.has_time) load_ts<BN>(sKts + st * BN, rows.ts, kb * BN, m.n, false);
     if (pw.has_pos) load_pos_window<BM, BN>(sPos + st * (BM + BN), pw.pos, m0, kb * BN, pw.N);
     cp_async_commit();
