@@ -32,9 +32,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
-#include <cudaTypedefs.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cudaTypedefs.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -981,17 +981,20 @@ CUtensorMap head_tile_map(const void* base, int64_t L, int64_t H, int64_t D, int
 template <typename T, typename A>
 std::optional<tma::Maps> tma_maps(const Params<A>& p, const HstuShape& s) {
 #ifdef RECSYS_KERNELS_SM90A
-  if constexpr (sizeof(T) != 2) return std::nullopt;  // (only the wgmma kernels' fp16 / bf16 call this)
-  const char* env = std::getenv("RECSYS_KERNELS_HSTU_TMA");
-  if (!p.vec || s.L == 0 || s.L >= std::numeric_limits<int32_t>::max() || (env != nullptr && env[0] == '0')) {
-    return std::nullopt;
+  if constexpr (sizeof(T) != 2) {
+    return std::nullopt;  // (only the wgmma kernels' fp16 / bf16 call this)
+  } else {
+    const char* env = std::getenv("RECSYS_KERNELS_HSTU_TMA");
+    if (!p.vec || s.L == 0 || s.L >= std::numeric_limits<int32_t>::max() || (env != nullptr && env[0] == '0')) {
+      return std::nullopt;
+    }
+    tma::Maps maps{};
+    maps.q = head_tile_map<T>(p.q, s.L, s.H, s.Dqk, p.ldq);
+    maps.k = head_tile_map<T>(p.k, s.L, s.H, s.Dqk, p.ldq);
+    maps.v = head_tile_map<T>(p.v, s.L, s.H, s.Dv, p.ldv);
+    if (p.dout != nullptr) maps.dout = head_tile_map<T>(p.dout, s.L, s.H, s.Dv, p.ldv);
+    return maps;
   }
-  tma::Maps maps{};
-  maps.q = head_tile_map<T>(p.q, s.L, s.H, s.Dqk, p.ldq);
-  maps.k = head_tile_map<T>(p.k, s.L, s.H, s.Dqk, p.ldq);
-  maps.v = head_tile_map<T>(p.v, s.L, s.H, s.Dv, p.ldv);
-  if (p.dout != nullptr) maps.dout = head_tile_map<T>(p.dout, s.L, s.H, s.Dv, p.ldv);
-  return maps;
 #else
   return std::nullopt;
 #endif
