@@ -339,6 +339,40 @@ def test_edge_shapes(device, backend, shape):
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device,backend", PAIRS)
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_non_finite_rows_stay_in_their_sequence(device, backend, bias):
+    """NaN in every input row of the second sequence (q, k, v and the upstream gradient) leaves the first sequence's
+    output and q / k / v gradients as they were. A tile running past a sequence's end reads the next sequence's rows
+    (the CUDA kernels' TMA loads do): those must contribute exact zeros, not 0 x NaN. 16-bit on CUDA with head dims
+    of 64 and a partial last tile, so the H100 takes its TMA path."""
+    require_backend(OP, device, backend)
+    if device == "cpu" and backend == "triton":
+        pytest.skip("slow in the Triton interpreter")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    case = full_case(dtype=dtype, lengths=(37, 70), N=128, H=2, Dqk=64, Dv=64)
+    clean = case.inputs(device)
+    if not bias:
+        clean.update(timestamps=None, pos_bias=None, time_bias=None)
+    end0, end1 = (int(x) for x in clean["seq_offsets"][1:3])
+    dirty = dict(clean)
+    for n in ("q", "k", "v"):
+        dirty[n] = clean[n].clone()
+        dirty[n][end0:end1] = float("nan")
+    results = []
+    for is_dirty, source in enumerate((clean, dirty)):
+        inp = {n: (x.detach().clone().requires_grad_(True) if n in ("q", "k", "v") else x) for n, x in source.items()}
+        out = run(inp, backend)
+        grad = torch.ones_like(out)
+        if is_dirty:
+            grad[end0:end1] = float("nan")
+        dq, dk, dv = torch.autograd.grad(out, [inp["q"], inp["k"], inp["v"]], grad)
+        results.append([x[:end0] for x in (out, dq, dk, dv)])
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
+        assert torch.isfinite(b).all(), name
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("device,backend", [p for p in PAIRS if p.values[0] == "cuda"])
 def test_device_mismatch_raises(device, backend):
     require_backend(OP, device, backend)
