@@ -35,7 +35,7 @@ def _sync(device: torch.device) -> None:
 
 def time_ms(fn: Callable[..., Any], *, device: torch.device | str, warmup: int = 10, rep: int = 50,
             rotate: int | None = None, setup: Callable[..., Any] | None = None) -> float:
-    """Median wall time of one call of ``fn`` in milliseconds.
+    """Median wall time of one call of ``fn`` in milliseconds, after at least ``warmup`` calls and 0.2 s of them.
 
     ``rotate=k`` calls ``fn(i % k)`` with a growing i, so a benchmark can cycle through k input sets whose
     total size exceeds the caches; ``rotate=None`` calls ``fn()``. ``setup``, when given, is called first

@@ -100,18 +100,14 @@ def providers() -> list[harness.Provider]:
 
         return harness.Provider("reference-compiled", factory, compiles=True)
 
-    def cuda_mma() -> harness.Provider:
-        """The CUDA backend with RECSYS_KERNELS_HSTU_WGMMA=0: the mma.sync kernels on an H100 too."""
+    def cuda_switched(name: str, switch: str) -> harness.Provider:
+        """The CUDA backend with `switch`=0 held through every call (cuda-mma: the mma.sync kernels on an H100 too;
+        cuda-cpasync: the wgmma kernels load their tiles by cp.async instead of TMA)."""
         p = backend("cuda")
-        return harness.Provider("cuda-mma", p.factory, p.unavailable, env={WGMMA_SWITCH: "0"})
-
-    def cuda_cp_async() -> harness.Provider:
-        """The CUDA backend with RECSYS_KERNELS_HSTU_TMA=0: the wgmma kernels load their tiles by cp.async."""
-        p = backend("cuda")
-        return harness.Provider("cuda-cpasync", p.factory, p.unavailable, env={TMA_SWITCH: "0"})
+        return harness.Provider(name, p.factory, p.unavailable, env={switch: "0"})
 
     return [backend("reference"), compiled_reference(), backend("triton"), backend("cuda"),
-            cuda_cp_async(), cuda_mma(), backend("cpu")]
+            cuda_switched("cuda-cpasync", TMA_SWITCH), cuda_switched("cuda-mma", WGMMA_SWITCH), backend("cpu")]
 
 
 SHAPES = [dict(B=B, N=N, H=H, d=d, bias=bias) for (B, N, H, d) in
