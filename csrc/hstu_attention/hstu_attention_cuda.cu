@@ -28,7 +28,8 @@
 //
 // Work lists: the host (which reads seq_offsets anyway for the input checks) lists the non-empty programs, so
 // max_seq_len far above the real lengths costs nothing, programs of one (sequence, head) run side by side
-// (K and V stay in L2), and the heaviest query blocks of a causal mask start first.
+// (K and V stay in L2), and in groups of about the blocks the GPU holds at once the heaviest blocks of a causal
+// mask start first (heavy_first). They travel in the kernels' parameters when they fit (InlineWork).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -83,13 +84,13 @@ struct Work {
   int b, h, blk, chunk;
 };
 
-// A small forward carries its work list and sequences in the kernel's parameters instead of a pinned upload
+// A launch carries its work list and sequences in the kernel's parameters instead of a pinned upload
 // (probe_upload_latency, H100: a 9 KB upload puts ~8 us in front of a 5 us kernel). H100, bf16, B 128, N 256,
-// H 2, d 64, bias-free (512 programs + 129 offsets): 0.0425 -> 0.0310 ms. With the bias (64-row tiles, 1024
-// programs) the list does not fit and the forward still uploads it. words: count work items packed as
-// b | h << 16 | blk << 22, then B + 1 int32 offsets, then B num_targets when given. count 0: the launch uses
-// Params::work and Params::offsets.
-constexpr int kInlineWords = 1024;  // 4 KB
+// H 2, d 64, bias-free forward (512 programs + 129 offsets): 0.0425 -> 0.0310 ms with a 4 KB parameter. CUDA 12.1+
+// takes up to 32,764 bytes of parameters on sm_70+, so 30 KB hold every issue-3 shape's lists (at most 4,096
+// programs + 257 offsets). words: count work items packed as b | h << 16 | blk << 22, then B + 1 int32 offsets,
+// then B num_targets when given. count 0: the launch uses Params::work and Params::offsets (uploaded).
+constexpr int kInlineWords = 7680;  // 30 KB
 struct InlineWork {
   int count, B;
   uint32_t words[kInlineWords];
@@ -367,7 +368,8 @@ namespace {
 
 // ---------------------------------------------------------------- backward: dQ and the bias partials
 template <typename T, int DP, bool kBias>
-__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> params) {
+__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Params<acc_t<T>> params,
+                                                                       const __grid_constant__ InlineWork iw) {
   using C = Cfg<T, DP, kBias>;
   using A = acc_t<T>;
   const Params<A> p = specialise<kBias>(params);
@@ -388,8 +390,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, cq = lane & 3;
   A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BN + 1);
 
-  const Work wk = p.work[blockIdx.x];
-  const Seq sq = sequence(p, wk.b);
+  Work wk;
+  const Seq sq = program_sequence(p, iw, wk);
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
   const Pointwise<A>& pw = p.pw;
@@ -524,7 +526,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dq_kernel(const Par
 
 // ---------------------------------------------------------------- backward: dK, dV
 template <typename T, int DP, bool kBias>
-__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const Params<acc_t<T>> params) {
+__global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const Params<acc_t<T>> params,
+                                                                         const __grid_constant__ InlineWork iw) {
   using C = Cfg<T, DP>;
   using A = acc_t<T>;
   const Params<A> p = specialise<kBias>(params);
@@ -541,8 +544,8 @@ __global__ void __launch_bounds__(Cfg<T, DP>::kThreads) hstu_dkdv_kernel(const P
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   A* scr = reinterpret_cast<A*>(smem + L.scr) + warp * 16 * (BM + 1);
 
-  const Work wk = p.work[blockIdx.x];
-  const Seq sq = sequence(p, wk.b);
+  Work wk;
+  const Seq sq = program_sequence(p, iw, wk);
   const Mask& m = sq.m;
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n), c0 = wk.chunk * CH;
   const Pointwise<A>& pw = p.pw;
@@ -787,26 +790,67 @@ bool vectorizable(int64_t elem, int64_t Dqk, int64_t Dv, std::initializer_list<c
   return ok;
 }
 
-// Programs: (b, h, block[, chunk]) of the non-empty sequences, (b, h)-major so that the blocks of one head
-// run side by side; query blocks last-first (under a causal mask they see the most keys).
-std::vector<Work> query_work(const HstuShape& s, int BM) {
+// Heaviest programs first within consecutive groups of whole (b, h) pairs of at least `group` programs (about the
+// blocks the GPU holds at once). The block scheduler hands programs out in list order, so the last ones to start
+// are light ones (a short tail), while a group's heads stay few enough for their K and V to share the L2.
+// RECSYS_KERNELS_HSTU_ORDER=0 keeps the plain (b, h)-major order (read every call, for comparisons).
+void heavy_first(std::vector<Work>& w, const std::vector<int>& weight, size_t group) {
+  const char* env = std::getenv("RECSYS_KERNELS_HSTU_ORDER");
+  if (env != nullptr && env[0] == '0') return;
+  std::vector<Work> out(w.size());
+  std::vector<size_t> first;  // counting sort by weight, descending, stable
+  size_t start = 0;
+  for (size_t i = 1; i <= w.size(); ++i) {
+    const bool head_ends = i == w.size() || w[i].b != w[i - 1].b || w[i].h != w[i - 1].h;
+    if (!head_ends || (i - start < group && i < w.size())) continue;
+    const int top = *std::max_element(weight.begin() + start, weight.begin() + i);
+    first.assign(top + 2, 0);
+    for (size_t j = start; j < i; ++j) ++first[top - weight[j] + 1];
+    first[0] = start;
+    for (int x = 1; x <= top + 1; ++x) first[x] += first[x - 1];
+    for (size_t j = start; j < i; ++j) out[first[top - weight[j]]++] = w[j];
+    start = i;
+  }
+  w.swap(out);
+}
+
+size_t resident_blocks() {
+  int dev = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return 2 * static_cast<size_t>(sms);
+}
+
+// Programs: (b, h, block[, chunk]) of the non-empty sequences, the blocks of one head side by side; under a
+// causal mask query block mb sees mb + 1 key blocks and key block kb is seen by nb - kb query blocks.
+std::vector<Work> query_work(const HstuShape& s, int BM, bool causal) {
   std::vector<Work> w;
+  std::vector<int> weight;
   for (int64_t b = 0; b < s.B; ++b) {
     const int nmb = static_cast<int>((s.offsets[b + 1] - s.offsets[b] + BM - 1) / BM);
     for (int h = 0; h < s.H; ++h)
-      for (int mb = nmb - 1; mb >= 0; --mb) w.push_back(Work{static_cast<int>(b), h, mb, 0});
+      for (int mb = nmb - 1; mb >= 0; --mb) {
+        w.push_back(Work{static_cast<int>(b), h, mb, 0});
+        weight.push_back(causal ? mb + 1 : 1);
+      }
   }
+  heavy_first(w, weight, resident_blocks());
   return w;
 }
 
-std::vector<Work> key_work(const HstuShape& s, int BN, int chunks) {
+std::vector<Work> key_work(const HstuShape& s, int BN, int chunks, bool causal) {
   std::vector<Work> w;
+  std::vector<int> weight;
   for (int64_t b = 0; b < s.B; ++b) {
     const int nkb = static_cast<int>((s.offsets[b + 1] - s.offsets[b] + BN - 1) / BN);
     for (int h = 0; h < s.H; ++h)
       for (int kb = 0; kb < nkb; ++kb)
-        for (int ch = 0; ch < chunks; ++ch) w.push_back(Work{static_cast<int>(b), h, kb, ch});
+        for (int ch = 0; ch < chunks; ++ch) {
+          w.push_back(Work{static_cast<int>(b), h, kb, ch});
+          weight.push_back(causal ? nkb - kb : 1);
+        }
   }
+  heavy_first(w, weight, resident_blocks());
   return w;
 }
 
@@ -903,17 +947,22 @@ void launch(Kernel kernel, size_t programs, int threads, size_t smem, const P&..
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The forward's work list and sequences packed for the kernel's parameters, when they fit (else count 0).
+// A kernel's parameters: at most 32,764 bytes (CUDA 12.1+, sm_70+).
+static_assert(sizeof(Params<double>) + sizeof(InlineWork) + sizeof(tma::Maps) <= 32764, "kernel parameters too large");
+
+// A launch's work list and sequences packed for the kernel's parameters, when they fit (else count 0: the launch
+// reads the uploaded Params::work). RECSYS_KERNELS_HSTU_INLINE=0 always uploads (read every call, for comparisons).
 InlineWork inline_work(const HstuShape& s, const std::vector<Work>& work) {
   InlineWork iw;
   iw.count = 0;
   iw.B = static_cast<int>(s.B);
   const int64_t words = static_cast<int64_t>(work.size()) + s.B + 1 + static_cast<int64_t>(s.num_targets.size());
+  const char* env = std::getenv("RECSYS_KERNELS_HSTU_INLINE");
   if (work.empty() || words > kInlineWords || s.B > 0xffff || s.H > 64 ||
-      s.offsets.back() > std::numeric_limits<int32_t>::max())
+      s.offsets.back() > std::numeric_limits<int32_t>::max() || (env != nullptr && env[0] == '0'))
     return iw;
   for (const Work& w : work)
-    if (w.blk >= 1024) return iw;
+    if (w.blk >= 1024 || w.chunk != 0) return iw;
   uint32_t* out = iw.words;
   for (const Work& w : work)
     *out++ = static_cast<uint32_t>(w.b) | static_cast<uint32_t>(w.h) << 16 | static_cast<uint32_t>(w.blk) << 22;
@@ -1013,7 +1062,7 @@ void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& devi
     };
     std::tie(p.stages, smem) = pick_stages(layout(2), layout(1), smem_optin(device.index()), "forward");
   }
-  const auto work = query_work(in.s, hopper ? WgmmaFwd<DP>::BM : C::kFwdBM);
+  const auto work = query_work(in.s, hopper ? WgmmaFwd<DP>::BM : C::kFwdBM, p.causal);
   const InlineWork iw = inline_work(in.s, work);
   Upload up;
   if (iw.count == 0) {
@@ -1068,29 +1117,36 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
   constexpr int BM = C::kDqBM, W = C::kWarps;
   const int BN = bias ? Cfg<T, DP, true>::kDqBN : C::kDqBN;  // dQ key tile
 
-  // Everything the two kernels read from the host, in one copy.
+  // Both kernels' work lists and sequences in their parameters when they fit; else (and with the bias, whose
+  // partial sums are read back per program) everything the kernels read from the host, in one copy.
+  const auto kv_work = key_work(s, C::kKvBN, DP / C::kChunk, causal);
+  const auto work = query_work(s, BM, causal);
+  InlineWork kv_iw = inline_work(s, kv_work), iw = inline_work(s, work);
   Upload up;
-  const SequenceSlots seqs(up, s);
-  const auto kv_work = key_work(s, C::kKvBN, DP / C::kChunk);
-  const auto work = query_work(s, BM);
-  const int64_t kv_work_slot = up.add(kv_work), work_slot = up.add(work);
-  int64_t pos_total = 0, pos_base_slot = 0;
-  if (p.pw.has_pos) {
-    std::vector<int64_t> pos_base(s.B);
-    for (int64_t b = 0; b < s.B; ++b) {
-      const int64_t n = s.offsets[b + 1] - s.offsets[b];
-      pos_base[b] = pos_total;
-      pos_total += n ? s.H * ((n + BM - 1) / BM) * (n + BM - 1) : 0;
+  int64_t kv_work_slot = 0, work_slot = 0, pos_total = 0, pos_base_slot = 0;
+  if (bias || kv_iw.count == 0 || iw.count == 0) {
+    kv_iw.count = iw.count = 0;
+    const SequenceSlots seqs(up, s);
+    kv_work_slot = up.add(kv_work);
+    work_slot = up.add(work);
+    if (p.pw.has_pos) {
+      std::vector<int64_t> pos_base(s.B);
+      for (int64_t b = 0; b < s.B; ++b) {
+        const int64_t n = s.offsets[b + 1] - s.offsets[b];
+        pos_base[b] = pos_total;
+        pos_total += n ? s.H * ((n + BM - 1) / BM) * (n + BM - 1) : 0;
+      }
+      pos_base_slot = up.add(pos_base);
     }
-    pos_base_slot = up.add(pos_base);
+    up.send(dev);
+    seqs.attach(up, p);
+    p.work = up.on_device<Work>(work_slot);
   }
-  up.send(dev);
-  seqs.attach(up, p);
 
   // dK, dV
   [&] {
     auto pk = p;
-    pk.work = up.on_device<Work>(kv_work_slot);
+    if (kv_iw.count == 0) pk.work = up.on_device<Work>(kv_work_slot);
     if constexpr (kTensorCores<T> && DP <= 128) {
       if (use_wgmma<T, DP>(p, dev)) {
         const size_t smem = WgmmaKvSmem<DP>(p.pw.has_time, p.tb_in_smem, log_bins(p), nbins, p.pw.has_pos).total;
@@ -1099,7 +1155,7 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
         const auto kernel = bias   ? hstu_dkdv_wgmma_kernel<T, DP, true, false>
                             : maps ? hstu_dkdv_wgmma_kernel<T, DP, false, true>
                                    : hstu_dkdv_wgmma_kernel<T, DP, false, false>;
-        return launch(kernel, kv_work.size(), WgmmaKv<DP>::kThreads, smem, pk, maps.value_or(tma::Maps{}));
+        return launch(kernel, kv_work.size(), WgmmaKv<DP>::kThreads, smem, pk, kv_iw, maps.value_or(tma::Maps{}));
       }
     }
     auto layout = [&](int stages) {
@@ -1108,11 +1164,10 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     const auto [stages, smem] = pick_stages(layout(2), layout(1), limit, "dK/dV");
     pk.stages = stages;
     const auto kernel = bias ? hstu_dkdv_kernel<T, DP, true> : hstu_dkdv_kernel<T, DP, false>;
-    launch(kernel, kv_work.size(), C::kThreads, smem, pk);
+    launch(kernel, kv_work.size(), C::kThreads, smem, pk, kv_iw);
   }();
 
   // dQ and the bias partials
-  p.work = up.on_device<Work>(work_slot);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor part_pos, part_time;
   if (p.pw.has_pos) {
@@ -1148,7 +1203,7 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
       if (use_wgmma<T, DP>(p, dev)) {
         const auto maps = tma_maps<T>(p, s);
         const auto kernel = maps ? hstu_dq_wgmma_kernel<T, DP, true> : hstu_dq_wgmma_kernel<T, DP, false>;
-        return launch(kernel, work.size(), WgmmaDq<DP>::kThreads, WgmmaDqSmem<DP>().total, p,
+        return launch(kernel, work.size(), WgmmaDq<DP>::kThreads, WgmmaDqSmem<DP>().total, p, iw,
                       maps.value_or(tma::Maps{}));
       }
     }
@@ -1161,7 +1216,7 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
     p.stages = stages;
     auto bytes = [&](int copies) { return layout(stages, copies).total; };
     p.hist_copies = p.pw.has_time ? hist_copies(kernel, C::kThreads, limit, bytes) : 0;
-    launch(kernel, work.size(), C::kThreads, layout(stages, p.hist_copies).total, p);
+    launch(kernel, work.size(), C::kThreads, layout(stages, p.hist_copies).total, p, iw);
   };
   if (bias) launch_dq(std::true_type{});
   else launch_dq(std::false_type{});

@@ -52,7 +52,8 @@ struct WgmmaKvSmem {
 // kTma: K, V, Q and dO arrive by TMA (maps) instead of cp.async.
 template <typename T, int DP, bool kBias, bool kTma>
 __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
-    hstu_dkdv_wgmma_kernel(const Params<float> params, const __grid_constant__ tma::Maps maps) {
+    hstu_dkdv_wgmma_kernel(const Params<float> params, const __grid_constant__ InlineWork iw,
+                           const __grid_constant__ tma::Maps maps) {
 #if RECSYS_WGMMA_ENABLED
   using C = WgmmaKv<DP>;
   constexpr int BN = C::BN, BM = C::BM, OT = DP / 8, LDO = C::kOutLd, TB = C::kTileBytes;
@@ -72,8 +73,8 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars);  // [0]: K and V, [1 + st]: Q / dO stage st
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-  const Work wk = p.work[blockIdx.x];
-  const Seq sq = sequence(p, wk.b);
+  Work wk;
+  const Seq sq = program_sequence(p, iw, wk);
   const Mask& m = sq.m;
   const int n0 = wk.blk * BN, n1 = min(n0 + BN, m.n);
   const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);

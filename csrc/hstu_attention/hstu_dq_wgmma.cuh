@@ -45,7 +45,8 @@ struct WgmmaDqSmem {
 // kTma: Q, dO, K and V arrive by TMA (maps) instead of cp.async.
 template <typename T, int DP, bool kTma>
 __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
-    hstu_dq_wgmma_kernel(const Params<float> params, const __grid_constant__ tma::Maps maps) {
+    hstu_dq_wgmma_kernel(const Params<float> params, const __grid_constant__ InlineWork iw,
+                         const __grid_constant__ tma::Maps maps) {
 #if RECSYS_WGMMA_ENABLED
   using C = WgmmaDq<DP>;
   constexpr int BN = C::BN, BM = C::BM, OT = DP / 8, LDO = C::kOutLd, TB = C::kTileBytes;
@@ -61,8 +62,8 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars);  // [0]: Q and dO, [1 + st]: K / V stage st
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-  const Work wk = p.work[blockIdx.x];
-  const Seq sq = sequence(p, wk.b);
+  Work wk;
+  const Seq sq = program_sequence(p, iw, wk);
   const Mask& m = sq.m;
   const int m0 = wk.blk * BM;
   const HeadRows<T> rows = head_rows<T>(p, sq, wk.h);
