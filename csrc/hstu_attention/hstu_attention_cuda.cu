@@ -28,8 +28,8 @@
 //
 // Work lists: the host (which reads seq_offsets anyway for the input checks) lists the non-empty programs, so
 // max_seq_len far above the real lengths costs nothing, programs of one (sequence, head) run side by side
-// (K and V stay in L2), and in groups of about the blocks the GPU holds at once the heaviest blocks of a causal
-// mask start first (heavy_first). They travel in the kernels' parameters when they fit (InlineWork).
+// (K and V stay in L2), and the heaviest query blocks of a causal mask start first. The lists travel in the
+// kernels' parameters when they fit (InlineWork).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -790,67 +790,28 @@ bool vectorizable(int64_t elem, int64_t Dqk, int64_t Dv, std::initializer_list<c
   return ok;
 }
 
-// Heaviest programs first within consecutive groups of whole (b, h) pairs of at least `group` programs (about the
-// blocks the GPU holds at once). The block scheduler hands programs out in list order, so the last ones to start
-// are light ones (a short tail), while a group's heads stay few enough for their K and V to share the L2.
-// RECSYS_KERNELS_HSTU_ORDER=0 keeps the plain (b, h)-major order (read every call, for comparisons).
-void heavy_first(std::vector<Work>& w, const std::vector<int>& weight, size_t group) {
-  const char* env = std::getenv("RECSYS_KERNELS_HSTU_ORDER");
-  if (env != nullptr && env[0] == '0') return;
-  std::vector<Work> out(w.size());
-  std::vector<size_t> first;  // counting sort by weight, descending, stable
-  size_t start = 0;
-  for (size_t i = 1; i <= w.size(); ++i) {
-    const bool head_ends = i == w.size() || w[i].b != w[i - 1].b || w[i].h != w[i - 1].h;
-    if (!head_ends || (i - start < group && i < w.size())) continue;
-    const int top = *std::max_element(weight.begin() + start, weight.begin() + i);
-    first.assign(top + 2, 0);
-    for (size_t j = start; j < i; ++j) ++first[top - weight[j] + 1];
-    first[0] = start;
-    for (int x = 1; x <= top + 1; ++x) first[x] += first[x - 1];
-    for (size_t j = start; j < i; ++j) out[first[top - weight[j]]++] = w[j];
-    start = i;
-  }
-  w.swap(out);
-}
-
-size_t resident_blocks() {
-  int dev = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return 2 * static_cast<size_t>(sms);
-}
-
-// Programs: (b, h, block[, chunk]) of the non-empty sequences, the blocks of one head side by side; under a
-// causal mask query block mb sees mb + 1 key blocks and key block kb is seen by nb - kb query blocks.
-std::vector<Work> query_work(const HstuShape& s, int BM, bool causal) {
+// Programs: (b, h, block[, chunk]) of the non-empty sequences, (b, h)-major so that the blocks of one head
+// run side by side; query blocks last-first (under a causal mask they see the most keys). (Sorting the heaviest
+// blocks first across groups of ~264 programs, for a shorter tail, made every backward slower on the H100: up to
+// 20% at B 256, N 256, where a head's blocks no longer ran together; RESULTS.md, twenty-fourth session.)
+std::vector<Work> query_work(const HstuShape& s, int BM) {
   std::vector<Work> w;
-  std::vector<int> weight;
   for (int64_t b = 0; b < s.B; ++b) {
     const int nmb = static_cast<int>((s.offsets[b + 1] - s.offsets[b] + BM - 1) / BM);
     for (int h = 0; h < s.H; ++h)
-      for (int mb = nmb - 1; mb >= 0; --mb) {
-        w.push_back(Work{static_cast<int>(b), h, mb, 0});
-        weight.push_back(causal ? mb + 1 : 1);
-      }
+      for (int mb = nmb - 1; mb >= 0; --mb) w.push_back(Work{static_cast<int>(b), h, mb, 0});
   }
-  heavy_first(w, weight, resident_blocks());
   return w;
 }
 
-std::vector<Work> key_work(const HstuShape& s, int BN, int chunks, bool causal) {
+std::vector<Work> key_work(const HstuShape& s, int BN, int chunks) {
   std::vector<Work> w;
-  std::vector<int> weight;
   for (int64_t b = 0; b < s.B; ++b) {
     const int nkb = static_cast<int>((s.offsets[b + 1] - s.offsets[b] + BN - 1) / BN);
     for (int h = 0; h < s.H; ++h)
       for (int kb = 0; kb < nkb; ++kb)
-        for (int ch = 0; ch < chunks; ++ch) {
-          w.push_back(Work{static_cast<int>(b), h, kb, ch});
-          weight.push_back(causal ? nkb - kb : 1);
-        }
+        for (int ch = 0; ch < chunks; ++ch) w.push_back(Work{static_cast<int>(b), h, kb, ch});
   }
-  heavy_first(w, weight, resident_blocks());
   return w;
 }
 
@@ -1062,7 +1023,7 @@ void launch_forward(Params<acc_t<T>> p, const Inputs& in, const at::Device& devi
     };
     std::tie(p.stages, smem) = pick_stages(layout(2), layout(1), smem_optin(device.index()), "forward");
   }
-  const auto work = query_work(in.s, hopper ? WgmmaFwd<DP>::BM : C::kFwdBM, p.causal);
+  const auto work = query_work(in.s, hopper ? WgmmaFwd<DP>::BM : C::kFwdBM);
   const InlineWork iw = inline_work(in.s, work);
   Upload up;
   if (iw.count == 0) {
@@ -1119,8 +1080,8 @@ void run_backward(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k
 
   // Both kernels' work lists and sequences in their parameters when they fit; else (and with the bias, whose
   // partial sums are read back per program) everything the kernels read from the host, in one copy.
-  const auto kv_work = key_work(s, C::kKvBN, DP / C::kChunk, causal);
-  const auto work = query_work(s, BM, causal);
+  const auto kv_work = key_work(s, C::kKvBN, DP / C::kChunk);
+  const auto work = query_work(s, BM);
   InlineWork kv_iw = inline_work(s, kv_work), iw = inline_work(s, work);
   Upload up;
   int64_t kv_work_slot = 0, work_slot = 0, pos_total = 0, pos_base_slot = 0;
