@@ -26,7 +26,7 @@ Backends (chosen per call by recsys_kernels._backend):
   cuda      csrc/hstu_attention/hstu_attention_cuda.cu — tensor-core tiles (wgmma with TMA tile loads on sm_90 in
             a 9.0a build, else mma.sync; fp32/fp64 on CUDA cores), bias and masks in the kernel, deterministic
             backward (integer atomics only). The CUDA default: the fastest backend on the H100 at every issue-3
-            shape (e.g. forward 0.42 ms at B 16, N 4096, H 4, d 128 against Triton's 0.58), and a call costs
+            shape (e.g. forward 0.43 ms at B 16, N 4096, H 4, d 128 against Triton's 0.58), and a call costs
             ~0.05 ms of host time against Triton's ~0.28 ms (benchmarks/RESULTS.md)
   triton    recsys_kernels/triton/hstu_attention.py — wgmma tiles, bias in the kernel, deterministic backward
             (dK/dV per key block, dQ per query block, bias gradients from per-tile partials)
