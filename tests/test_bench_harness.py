@@ -1,12 +1,17 @@
-"""The benchmark harness: a provider's environment holds through its backward, and a wrong provider is not timed."""
+"""The benchmark harness: a provider's environment holds through its backward, and a wrong provider is not timed;
+the HSTU kernel-time tool's CPU smoke run."""
 
 from __future__ import annotations
 
 import os
+import re
 
+import pytest
 import torch
 
 from benchmarks import harness
+from benchmarks.ops import kernel_time_hstu
+from recsys_kernels import _backend
 
 SWITCH = "RECSYS_KERNELS_TEST_HARNESS_SWITCH"
 
@@ -42,3 +47,15 @@ def test_provider_environment_reaches_the_backward_and_is_restored():
 def test_wrong_gradient_is_reported_not_timed():
     fwd, bwd = _rows({})
     assert fwd.status == "ok" and bwd.status == "wrong" and bwd.ms is None, (fwd, bwd)
+
+
+def test_hstu_kernel_time_tool_reports_wall_and_each_op(capsys):
+    """benchmarks.ops.kernel_time_hstu on the CPU: a wall time and the time of both registered ops of the step."""
+    if not _backend.EXTENSION_LOADED:
+        pytest.skip("needs the C++ extension (the cpu backend)")
+    kernel_time_hstu.main(["--device", "cpu", "--quick"])
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("B 4,")][0]
+    wall, total = (float(x) for x in re.findall(r"(?:wall|kernels) ([0-9.]+) ms", line))
+    ops = dict((name, float(ms)) for name, ms in re.findall(r"(recsys::\w+) ([0-9.]+)", line))
+    assert wall > 0 and set(ops) == {"recsys::hstu_attention", "recsys::hstu_attention_backward"}
+    assert all(ms > 0 for ms in ops.values()) and total == pytest.approx(sum(ops.values()), abs=2e-4)
