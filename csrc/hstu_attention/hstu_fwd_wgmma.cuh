@@ -188,13 +188,16 @@ __device__ __forceinline__ void pack_a(const float (&x)[1][8][4], uint32_t (&a)[
 }
 
 // P = SiLU(alpha S + R) / N ⊙ M of one warp's 16 x 64 slice (row0, n0: positions of its first row and key),
-// rounded to T in the A-fragment layout of four k-steps.
-template <typename T, bool kBias>
+// rounded to T in the A-fragment layout of four k-steps. kFolded (bias-free bf16): pw.alpha is alpha / 2 and the
+// slice holds N P (silu_of_half); the caller scales the output by 1 / N.
+template <typename T, bool kBias, bool kFolded>
 __device__ __forceinline__ void silu_to_p(float (&s)[1][8][4], uint32_t (&a)[4][4], const Pointwise<float>& pw,
                                           const BiasView& bv, const Mask& m, bool full, int row0, int n0, int lane) {
+  static_assert(!(kFolded && kBias), "the bias tables are not halved");
   for_each_score<true, kBias>(s, pw, bv.tb, bv.bins, bv.pdiag, m, full, row0, n0, bv.rts, bv.cts, lane,
                               [&](float& x, bool, float y, int, int, int, int) {
-                                x = silu_over_n<T>(y, pw.inv_n);  // y = 0 when masked
+                                // y = 0 when masked
+                                x = kFolded ? silu_of_half(y) : silu_over_n<T>(y, pw.inv_n);
                               });
   pack_a<T>(s, a);
 }
@@ -273,6 +276,11 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
 
   const wgmma::Desc q_km = k_major(smem_addr(sQ) + 64 * wg * 128), k_km = k_major(smem_addr(sK)),
                     v_mn = mn_major(smem_addr(sV));
+  // Bias-free bf16: scores scaled by alpha / 2 and P held as N P (silu_of_half), 1 / N applied to O at the end:
+  // three multiplies an element fewer. (fp16 keeps P: N P could pass its 65504.)
+  constexpr bool kFolded = !kBias && std::is_same_v<T, __nv_bfloat16>;
+  Pointwise<float> pw_p = pw;
+  if (kFolded) pw_p.alpha = 0.5f * pw.alpha;
   float o[1][OT][4];
   zero(o);
   if constexpr (kTma) tma::wait(bars, 0);
@@ -298,8 +306,8 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
       wgmma::commit();
       wgmma::wait<0>();
       wgmma::fence_operands<32>(&s[0][0][0]);
-      silu_to_p<T, kBias>(s, a, pw, bias_view(st), m, tile_full(m, w0, w0 + 64, n0, n0 + BN), w0 + 16 * warp, n0,
-                          lane);
+      silu_to_p<T, kBias, kFolded>(s, a, pw_p, bias_view(st), m, tile_full(m, w0, w0 + 64, n0, n0 + BN),
+                                   w0 + 16 * warp, n0, lane);
       wgmma::fence();
       issue_pv<T, DP>(o, a, v_mn.shifted(st * C::kKvBytes));
       wgmma::commit();
@@ -309,7 +317,7 @@ __global__ void __launch_bounds__(WgmmaFwd<DP>::kThreads, WgmmaFwd<DP>::kBlocksP
   }
   // The K / V stages stage the output.
   store_acc_tile<T, BM, DP, LDO>(head_out<T>(p.out, sq, p.ldv, wk.h, p.Dv), p.ldv, reinterpret_cast<T*>(sK), r_off, o,
-                                 1.f, m0, m.n, p.Dv, lane);
+                                 kFolded ? pw.inv_n : 1.f, m0, m.n, p.Dv, lane);
 #endif
 }
 
