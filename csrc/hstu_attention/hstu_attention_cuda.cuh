@@ -352,6 +352,17 @@ __device__ __forceinline__ float silu_of_half(float h) {
   return fmaf(h, t, h);
 }
 
+// The bias-free bf16 backward's pointwise part from h = alpha s / 2 (scores pre-scaled), t = tanh(h): returns
+// 2 N dS / dP = (1 + t) + h (1 - t^2) (SiLU'(2h) = sigmoid (1 + 2h (1 - sigmoid)) with sigmoid = (1 + t) / 2),
+// and N P = h + h t in np. Four instructions with one special-function op, against ~10 for the same values with
+// 1 / N, 1 / 2 and alpha applied per element; the kernels scale dK, dQ by alpha / (2N) and dV by 1 / N instead.
+__device__ __forceinline__ float dsilu_of_half(float h, float& np) {
+  float t;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(h));
+  np = fmaf(h, t, h);
+  return fmaf(h, fmaf(-t, t, 1.f), 1.f + t);
+}
+
 // ---------------------------------------------------------------- loaders
 // Rows [r0, r0 + R) of one head into s (row stride LD): x points at the sequence's first row of that head,
 // ldg is the row stride in global memory. Rows past n and columns past D are written as zeros, so the padded

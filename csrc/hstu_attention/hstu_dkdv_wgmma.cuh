@@ -102,6 +102,11 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
 
   const wgmma::Desc k_km = k_major(smem_addr(sK)), v_km = k_major(smem_addr(sV)), q_km = k_major(smem_addr(sQ)),
                     o_km = k_major(smem_addr(sO)), q_mn = mn_major(smem_addr(sQ)), o_mn = mn_major(smem_addr(sO));
+  // Bias-free bf16: scores scaled by alpha / 2, the tiles hold N P and 2 N dS (dsilu_of_half), and dV, dK take
+  // 1 / N and alpha / (2N) at the end: ~6 instructions an element fewer.
+  constexpr bool kFolded = !kBias && std::is_same_v<T, __nv_bfloat16>;
+  Pointwise<float> pw_s = pw;
+  if (kFolded) pw_s.alpha = 0.5f * pw.alpha;
   float dk[1][OT][4], dv[1][OT][4];
   zero(dk);
   zero(dv);
@@ -129,12 +134,18 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
     wgmma::fence_operands<32>(&s[0][0][0]);
     wgmma::fence_operands<32>(&dp[0][0][0]);
     const BiasView bv{tb, bins, sPos + st * (BM + BN) + BM - 1 + warp * 16, sKts + warp * 16, sQts + st * BM};
-    for_each_score<false, kBias>(s, pw, bv.tb, bv.bins, bv.pdiag, m, tile_full(m, m0, m0 + BM, n0, n0 + BN),
+    for_each_score<false, kBias>(s, pw_s, bv.tb, bv.bins, bv.pdiag, m, tile_full(m, m0, m0 + BM, n0, n0 + BN),
                                  n0 + warp * 16, m0, bv.rts, bv.cts, lane,
                                  [&](float& x, bool ok, float y, int, int, int nt, int f) {
-                                   const float sig = sigmoid<T>(y);
-                                   x = y * sig * pw.inv_n;  // y = 0 when masked
-                                   dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (1.f + y * (1.f - sig)) : 0.f;
+                                   // y = 0 when masked
+                                   if constexpr (kFolded) {
+                                     const float v = dsilu_of_half(y, x);
+                                     dp[0][nt][f] = ok ? dp[0][nt][f] * v : 0.f;
+                                   } else {
+                                     const float sig = sigmoid<T>(y);
+                                     x = y * sig * pw.inv_n;
+                                     dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (1.f + y * (1.f - sig)) : 0.f;
+                                   }
                                  });
     uint32_t a_p[4][4], a_ds[4][4];
     pack_a<T>(s, a_p);
@@ -151,8 +162,8 @@ __global__ void __launch_bounds__(WgmmaKv<DP>::kThreads, 2)
   cp_async_wait<0>();  // (no query block: the first loads may still be landing)
   __syncthreads();
   T* sOut = reinterpret_cast<T*>(sQ);  // dK rows, then dV rows
-  acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dk, pw.alpha, lane);
-  acc_to_smem<T, 1, OT>(sOut + (BN + warp * 16) * LDO, LDO, dv, 1.f, lane);
+  acc_to_smem<T, 1, OT>(sOut + warp * 16 * LDO, LDO, dk, kFolded ? 0.5f * pw.alpha * pw.inv_n : pw.alpha, lane);
+  acc_to_smem<T, 1, OT>(sOut + (BN + warp * 16) * LDO, LDO, dv, kFolded ? pw.inv_n : 1.f, lane);
   __syncthreads();
   T* dkh = head_out<T>(p.dk, sq, p.ldq, wk.h, p.Dqk);
   T* dvh = head_out<T>(p.dv, sq, p.ldv, wk.h, p.Dv);

@@ -83,6 +83,10 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
 
   const wgmma::Desc q_km = k_major(smem_addr(sQ)), o_km = k_major(smem_addr(sO)), k_km = k_major(smem_addr(sK)),
                     v_km = k_major(smem_addr(sV)), k_mn = mn_major(smem_addr(sK));
+  // bf16: scores scaled by alpha / 2, the tile holds 2 N dS (dsilu_of_half), and dQ takes alpha / (2N) at the end.
+  constexpr bool kFolded = std::is_same_v<T, __nv_bfloat16>;
+  Pointwise<float> pw_s = pw;
+  if (kFolded) pw_s.alpha = 0.5f * pw.alpha;
   float dq[1][OT][4];
   zero(dq);
   if constexpr (kTma) tma::wait(bars, 0);
@@ -106,11 +110,17 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
     wgmma::fence_operands<32>(&s[0][0][0]);
     wgmma::fence_operands<32>(&dp[0][0][0]);
     const BiasView none{};
-    for_each_score<true, false>(s, pw, none.tb, none.bins, none.pdiag, m, tile_full(m, m0, m0 + BM, n0, n0 + BN),
+    for_each_score<true, false>(s, pw_s, none.tb, none.bins, none.pdiag, m, tile_full(m, m0, m0 + BM, n0, n0 + BN),
                                 m0 + warp * 16, n0, none.rts, none.cts, lane,
                                 [&](float&, bool ok, float y, int, int, int nt, int f) {
-                                  const float sig = sigmoid<T>(y);
-                                  dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (1.f + y * (1.f - sig)) : 0.f;
+                                  if constexpr (kFolded) {
+                                    float np;
+                                    const float v = dsilu_of_half(y, np);
+                                    dp[0][nt][f] = ok ? dp[0][nt][f] * v : 0.f;
+                                  } else {
+                                    const float sig = sigmoid<T>(y);
+                                    dp[0][nt][f] = ok ? dp[0][nt][f] * pw.inv_n * sig * (1.f + y * (1.f - sig)) : 0.f;
+                                  }
                                 });
     uint32_t a_ds[4][4];
     pack_a<T>(dp, a_ds);
@@ -121,7 +131,7 @@ __global__ void __launch_bounds__(WgmmaDq<DP>::kThreads, 2)
     wgmma::fence_operands<OT * 4>(&dq[0][0][0]);
   }
   store_acc_tile<T, BM, DP, LDO>(head_out<T>(p.dq, sq, p.ldq, wk.h, p.Dqk), p.ldq, reinterpret_cast<T*>(sK),
-                                 warp * 16, dq, pw.alpha, m0, m.n, p.Dqk, lane);
+                                 warp * 16, dq, kFolded ? 0.5f * pw.alpha * pw.inv_n : pw.alpha, m0, m.n, p.Dqk, lane);
 #endif
 }
 
