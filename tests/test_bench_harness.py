@@ -59,3 +59,14 @@ def test_hstu_kernel_time_tool_reports_wall_and_each_op(capsys):
     ops = dict((name, float(ms)) for name, ms in re.findall(r"(recsys::\w+) ([0-9.]+)", line))
     assert wall > 0 and set(ops) == {"recsys::hstu_attention", "recsys::hstu_attention_backward"}
     assert all(ms > 0 for ms in ops.values()) and total == pytest.approx(sum(ops.values()), abs=2e-4)
+
+
+def test_kernel_time_short_names_keep_kernels_in_anonymous_namespaces_apart():
+    """CUDA kernel names from the profiler: "(anonymous namespace)" must not cut every name down to one key."""
+    fwd = ("void recsys::hstu_cuda::(anonymous namespace)::hstu_fwd_wgmma_kernel<__nv_bfloat16, 128, true>"
+           "(recsys::hstu_cuda::Params<float>, recsys::hstu_cuda::InlineWork)")
+    dq = fwd.replace("hstu_fwd_wgmma_kernel", "hstu_dq_wgmma_kernel")
+    assert kernel_time_hstu.short_name(fwd) == "hstu_fwd_wgmma_kernel"
+    assert kernel_time_hstu.short_name(dq) == "hstu_dq_wgmma_kernel"
+    assert kernel_time_hstu.short_name("ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_tn") == \
+        "ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_tn"

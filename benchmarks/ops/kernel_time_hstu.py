@@ -25,6 +25,8 @@ QUICK_SHAPES = bench_hstu_attention.QUICK_SHAPES[:1]
 
 def short_name(name: str) -> str:
     """A kernel's name without its namespace, template arguments and parameters."""
+    # "(anonymous namespace)" would otherwise end every name at its "(" and merge all kernels into one.
+    name = name.replace("(anonymous namespace)::", "").removeprefix("void ")
     return name.split("(")[0].split("<")[0].split("::")[-1]
 
 
