@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -606,6 +609,52 @@ def test_cuda_work_lists_in_parameters_or_uploaded_agree(config, monkeypatch):
         out = run(dict(inp, **xs), "cuda")
         results.append((out, *torch.autograd.grad(out, list(xs.values()), torch.ones_like(out))))
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+# Run in a child process: a crash there fails the test instead of ending the run.
+_FRESH_THREAD_SCRIPT = textwrap.dedent("""
+    import threading, torch
+    from recsys_kernels import ops, use_backend
+    g = torch.Generator().manual_seed(0)
+    lens = [300, 0, 129, 64]
+    L, H, N = sum(lens), 2, 300
+    off = torch.tensor([0] + lens).cumsum(0)
+    q, k, v, do = (torch.randn(L, H, 128, generator=g).to("cuda", torch.bfloat16) for _ in range(4))
+    ts = torch.randint(0, 10**6, (L,), generator=g).sort().values.cuda()
+    pos, tb = torch.randn(2 * N - 1).cuda().bfloat16(), torch.randn(129).cuda().bfloat16()
+    def results():
+        out = []
+        for bias in ((None, None, None), (ts, pos, tb)):
+            args = (q, k, v, off, N, 1 / 128, True, None, 0, 0, *bias, "log")
+            out += [torch.ops.recsys.hstu_attention(*args), *torch.ops.recsys.hstu_attention_backward(do, *args)]
+            xs = [x.clone().requires_grad_() for x in (q, k, v)]
+            with use_backend("cuda"):
+                o = ops.hstu_attention(*xs, off, max_seq_len=N, alpha=1 / 128, timestamps=bias[0], pos_bias=bias[1],
+                                       time_bias=bias[2])
+            out += [o, *torch.autograd.grad(o, xs, do)]
+        torch.cuda.synchronize()
+        return out
+    main = results()
+    box = []
+    t = threading.Thread(target=lambda: box.append(results()))
+    t.start()
+    t.join()
+    assert box and all(torch.equal(a, b) for a, b in zip(main, box[0])), "thread results differ"
+    print("ok")
+""")
+
+
+@pytest.mark.gpu
+def test_cuda_ops_from_a_fresh_thread_match_the_main_thread():
+    """The CUDA forward and backward ops, and a forward+backward through autograd, called from a new Python thread
+    (as a serving or data-loading thread would, with no CUDA call made there before) give the main thread's results
+    bit for bit, bias off and on. A probe on the H100 (benchmarks/RESULTS.md, twenty-fifth session) ended in a
+    segmentation fault when the backward op ran in a fresh thread."""
+    require_backend(OP, "cuda", "cuda")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", _FRESH_THREAD_SCRIPT], cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
 
 
 @pytest.mark.gpu
