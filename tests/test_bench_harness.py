@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import harness
-from benchmarks.ops import kernel_time_hstu
+from benchmarks.ops import host_autograd_args, kernel_time_hstu
 from recsys_kernels import _backend
 
 SWITCH = "RECSYS_KERNELS_TEST_HARNESS_SWITCH"
@@ -70,3 +70,16 @@ def test_kernel_time_short_names_keep_kernels_in_anonymous_namespaces_apart():
     assert kernel_time_hstu.short_name(dq) == "hstu_dq_wgmma_kernel"
     assert kernel_time_hstu.short_name("ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_tn") == \
         "ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_tn"
+
+
+def test_host_autograd_args_tool_times_every_schema_on_the_cpu():
+    """benchmarks.ops.host_autograd_args: each do-nothing op's three timings and fill_defaults, all positive; the
+    ops' gradients have the inputs' shapes (the backward is wired to the forward's inputs)."""
+    rows = host_autograd_args.measure(torch.device("cpu"), calls=3)
+    assert set(rows) == set(host_autograd_args.SCHEMAS) | {"fill_defaults"}
+    assert all(v > 0 for row in rows.values() for v in row.values())
+    for name in host_autograd_args.SCHEMAS:
+        assert set(rows[name]) == {"fwd no-grad", "fwd grad", "fwd+bwd"}
+    q = torch.randn(8, 2, 4, requires_grad=True)
+    out = getattr(torch.ops, host_autograd_args.NAMESPACE).args4(q, q, q, torch.tensor([0, 8]))
+    assert [g.shape for g in torch.autograd.grad(out, [q], torch.ones_like(out))] == [q.shape]
