@@ -1,10 +1,12 @@
 """The benchmark harness: a provider's environment holds through its backward, and a wrong provider is not timed;
-the HSTU kernel-time tool's CPU smoke run."""
+CPU smoke runs of the HSTU kernel-time tool, the autograd host-cost tool and the A / B script."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,3 +85,19 @@ def test_host_autograd_args_tool_times_every_schema_on_the_cpu():
     q = torch.randn(8, 2, 4, requires_grad=True)
     out = getattr(torch.ops, host_autograd_args.NAMESPACE).args4(q, q, q, torch.tensor([0, 8]))
     assert [g.shape for g in torch.autograd.grad(out, [q], torch.ones_like(out))] == [q.shape]
+
+
+def test_ab_builds_script_times_both_trees_and_reports_each_row(tmp_path):
+    """benchmarks/ab_builds.sh on the CPU, the same tree as A and B: one line per benchmark row (shape, dtype, mode,
+    provider) with each side's time and the ratio of the medians."""
+    if not _backend.EXTENSION_LOADED:
+        pytest.skip("needs the C++ extension (the cpu backend)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OUT_DIR=str(tmp_path), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["bash", "benchmarks/ab_builds.sh", ".", ".", "1", "--", "--device", "cpu", "--quick",
+                        "--dtypes", "fp32", "--providers", "cpu", "--modes", "fwd"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("B=")]
+    assert [row[5:8] for row in rows] == [["fp32", "fwd", "cpu"]] * 2, r.stdout
+    assert all(float(row[8]) > 0 and float(row[9]) > 0 and float(row[10]) > 0 for row in rows), r.stdout
